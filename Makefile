@@ -1,0 +1,27 @@
+# Two entry points: `make demo` (train + show a small SeMask model, no data or weights needed)
+# and `make test` (the test suite). Both create .venv in the repo root on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	# torch first, pinned: on these machines torch==2.13.0 is a local CPU wheel
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/semask demo
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,132 @@
+"""The whole SeMask Mask2Former model: normalise, pad, backbone, pixel decoder, transformer decoder,
+semantic head (training), and semantic inference (per-class scores at the requested size).
+
+Images enter as float RGB in 0..255, either a (B, 3, H, W) batch or a list of (3, H_i, W_i) tensors
+of different sizes (padded together, as detectron2's ImageList does).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pixel_decoder import MSDeformAttnPixelDecoder
+from .semantic_head import SemanticHead
+from .semask_swin import SeMaskSwinTransformer
+from .transformer_decoder import MultiScaleMaskedTransformerDecoder
+
+
+class MaskFormerHead(nn.Module):
+    """Container for the pixel decoder and the transformer decoder (the checkpoint's `sem_seg_head.*`)."""
+
+    def __init__(self, pixel_decoder: MSDeformAttnPixelDecoder, predictor: MultiScaleMaskedTransformerDecoder) -> None:
+        super().__init__()
+        self.pixel_decoder = pixel_decoder
+        self.predictor = predictor
+
+
+class SeMaskMask2Former(nn.Module):
+    """SeMask Mask2Former for semantic segmentation.
+
+    forward(images) returns the raw outputs (class logits, mask logits, auxiliary predictions and, in
+    training or on request, the semantic head's logits). `predict` returns per-class scores.
+    """
+
+    def __init__(self, backbone: SeMaskSwinTransformer, pixel_decoder: MSDeformAttnPixelDecoder,
+                 predictor: MultiScaleMaskedTransformerDecoder, num_classes: int,
+                 pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
+                 pixel_std: Sequence[float] = (58.395, 57.12, 57.375), size_divisibility: int = 32) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = MaskFormerHead(pixel_decoder, predictor)
+        self.semantic_head = SemanticHead(backbone.out_strides)
+        self.num_classes = num_classes
+        self.size_divisibility = size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, images: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Normalise each image, then zero-pad right/bottom to a common size divisible by `size_divisibility`."""
+        if isinstance(images, torch.Tensor) and images.dim() == 3:
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("no images given")
+        for im in images:
+            if im.dim() != 3 or im.shape[0] != 3:
+                raise ValueError(f"expected RGB images shaped (3, H, W), got {tuple(im.shape)}")
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        mean, std = self.pixel_mean, self.pixel_std
+        if isinstance(images, torch.Tensor):
+            x = (images.to(self.device, torch.float32) - mean) / std
+            max_h, max_w = x.shape[-2:]
+        else:
+            normed = [(im.to(self.device, torch.float32) - mean) / std for im in images]
+            max_h, max_w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        d = self.size_divisibility
+        if d > 1:
+            max_h, max_w = -(-max_h // d) * d, -(-max_w // d) * d
+        if isinstance(images, torch.Tensor):
+            pad_h, pad_w = max_h - x.shape[-2], max_w - x.shape[-1]
+            if pad_h or pad_w:
+                x = F.pad(x, (0, pad_w, 0, pad_h), value=0.0)
+            return x, sizes
+        x = normed[0].new_zeros((len(normed), 3, max_h, max_w))
+        for i, im in enumerate(normed):
+            x[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
+        return x, sizes
+
+    def forward_features(self, x: torch.Tensor, with_semantic: bool) -> dict:
+        """Network outputs for an already normalised and padded batch (B, 3, H, W)."""
+        features, sem_maps = self.backbone(x)
+        names = sorted(features, key=lambda k: int(k[3:]))
+        mask_features, multi_scale = self.sem_seg_head.pixel_decoder([features[k] for k in names])
+        out = self.sem_seg_head.predictor(multi_scale, mask_features)
+        if with_semantic and sem_maps:
+            out["sem_seg_logits"] = self.semantic_head([sem_maps[k] for k in names])
+        return out
+
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor], with_semantic: bool | None = None) -> dict:
+        """Raw outputs for images in 0..255; adds "image_sizes" and "padded_size".
+
+        The semantic head (the "cate" training signal) runs in training mode, or when `with_semantic`.
+        """
+        x, sizes = self.preprocess(images)
+        out = self.forward_features(x, self.training if with_semantic is None else with_semantic)
+        out["image_sizes"] = sizes
+        out["padded_size"] = (int(x.shape[-2]), int(x.shape[-1]))
+        return out
+
+    @staticmethod
+    def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
+        """Per-class scores (K, H, W) = sum over queries of P(class | query) * sigmoid(mask)."""
+        probs = F.softmax(mask_cls, dim=-1)[..., :-1]
+        return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+
+    def scores_from_outputs(self, out: dict, output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+        """Per-class scores for each image: masks upsampled to the padded size, combined, cropped to the
+        image and resized (bilinear) to `output_sizes` (default: the image sizes)."""
+        sizes = out["image_sizes"]
+        output_sizes = list(output_sizes) if output_sizes is not None else sizes
+        if len(output_sizes) != len(sizes):
+            raise ValueError(f"{len(output_sizes)} output sizes for {len(sizes)} images")
+        results = []
+        for i, ((h, w), (oh, ow)) in enumerate(zip(sizes, output_sizes)):
+            masks = F.interpolate(out["pred_masks"][i: i + 1], size=out["padded_size"], mode="bilinear",
+                                  align_corners=False)[0]
+            scores = self.semantic_inference(out["pred_logits"][i], masks)[:, :h, :w]
+            if (oh, ow) != (h, w):
+                scores = F.interpolate(scores[None], size=(oh, ow), mode="bilinear", align_corners=False)[0]
+            results.append(scores)
+        return results
+
+    def predict(self, images: torch.Tensor | Sequence[torch.Tensor],
+                output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+        """Per-class scores (K, H, W) for each image, at `output_sizes` or the images' own sizes."""
+        return self.scores_from_outputs(self.forward(images, with_semantic=False), output_sizes)
