@@ -178,7 +178,7 @@ class SeMaskSwinTransformer(nn.Module):
         self.semantic_attention = modes
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = [v.item() for v in torch.linspace(0, drop_path_rate, sum(depths))]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         for i in range(n):
             self.layers.append(SeMaskStage(

@@ -1,0 +1,247 @@
+"""Reading and writing model weights without ever running pickled code.
+
+Formats read: detectron2 checkpoints (`model_final.pth`: {"model": state_dict, ...} possibly with
+optimizer/scheduler/iteration entries), plain state_dict .pth files, and our safetensors files (which
+embed the config). `.pth` goes only through `torch.load(weights_only=True)`.
+
+Loading is strict: every key present with the right shape and nothing unexpected; the error lists
+the differences and names the preset whose keys fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config, ConfigError, from_dict, preset_names
+
+# Entries of the original checkpoints that are loss constants, not model weights: accepted, then dropped.
+IGNORED_KEYS = ("criterion.empty_weight",)
+SAFETENSORS_FORMAT = "semask"
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used as asked; the message names the file and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    """Tensors read from a weights file, plus what else it said about itself."""
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    config: Config | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: weights file not found") from None
+    except Exception as e:  # noqa: BLE001 - every failure becomes a one-line message
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+            glob = _offending_global(str(e))
+            raise WeightsError(f"{path}: refused to load, the file needs to run pickled code"
+                               f"{' (' + glob + ')' if glob else ''}. Only tensors and plain containers are "
+                               "accepted; re-save the state_dict with torch.save, or convert it with "
+                               "`semask convert` (see `semask convert --help` for --trust-pickle)") from None
+        raise WeightsError(f"{path}: cannot read as a PyTorch checkpoint ({msg}); the file may be "
+                           "truncated or not a checkpoint") from None
+
+
+def _offending_global(message: str) -> str:
+    for line in message.splitlines():
+        if "GLOBAL" in line or "Unsupported global" in line:
+            return line.strip().rstrip(".")
+    return ""
+
+
+def _tensors_only(obj: dict, path: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor; this is not a state_dict")
+        out[k] = v
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read the tensors of a weights file (.pth/.pt/.bin or .safetensors)."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: weights file not found")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder; give the weights file inside it")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: weights file is empty (0 bytes)")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if path.suffix == ".pkl":
+        from .convert import read_pkl_checkpoint  # restricted unpickler, never runs code
+        return read_pkl_checkpoint(path)
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        extra = {k: v for k, v in obj.items() if k != "model"}
+        return Checkpoint(path, _tensors_only(obj["model"], path), "detectron2", extra=extra)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        return Checkpoint(path, _tensors_only(obj["state_dict"], path), "state_dict")
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return Checkpoint(path, dict(obj), "state_dict")
+    raise WeightsError(f"{path}: no model weights found (expected a state_dict, or a dict with a 'model' entry)")
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: cannot read safetensors file ({e}); it may be truncated") from None
+    cfg = None
+    if "config" in meta:
+        import yaml
+
+        cfg = from_dict(Config, yaml.safe_load(meta["config"]) or {})
+    extra = {k: v for k, v in meta.items() if k != "config"}
+    return Checkpoint(path, sd, "safetensors", cfg, extra)
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, cfg: Config | None = None,
+                 extra: dict[str, str] | None = None) -> Path:
+    """Write the model's state_dict (and its config) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format": SAFETENSORS_FORMAT, **(extra or {})}
+    if cfg is not None:
+        meta["config"] = cfg.to_yaml()
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- strict loading
+
+
+def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def _preset_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    from .config import load_config
+    from .modeling import build_from_config
+
+    with torch.device("meta"):
+        model = build_from_config(load_config(name))
+    return _shapes(model.state_dict())
+
+
+def suggest_preset(shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, bool]:
+    """The preset whose state_dict fits `shapes` best, and whether it fits exactly."""
+    best, best_score = None, -1.0
+    keys = set(shapes)
+    for name in preset_names():
+        ref = _preset_shapes(name)
+        if ref == shapes:
+            return name, True
+        same = sum(1 for k in keys & set(ref) if ref[k] == shapes[k])
+        score = same / max(len(keys | set(ref)), 1)
+        if score > best_score:
+            best, best_score = name, score
+    return best, False
+
+
+def _class_count(shapes: dict[str, tuple[int, ...]]) -> int | None:
+    s = shapes.get("sem_seg_head.predictor.class_embed.weight")
+    return s[0] - 1 if s else None
+
+
+def describe_mismatch(model_shapes: dict[str, tuple[int, ...]], ckpt_shapes: dict[str, tuple[int, ...]],
+                      path: Path, limit: int = 12) -> str:
+    missing = [k for k in model_shapes if k not in ckpt_shapes]
+    unexpected = [k for k in ckpt_shapes if k not in model_shapes]
+    wrong = [k for k in model_shapes if k in ckpt_shapes and model_shapes[k] != ckpt_shapes[k]]
+    lines = [f"{path}: weights do not fit the model ({len(missing)} missing, {len(unexpected)} unexpected, "
+             f"{len(wrong)} with another shape)."]
+
+    def show(title: str, keys: list[str], fmt) -> None:
+        if keys:
+            lines.append(f"  {title}:")
+            lines.extend(f"    {fmt(k)}" for k in keys[:limit])
+            if len(keys) > limit:
+                lines.append(f"    ... and {len(keys) - limit} more")
+
+    show("missing in the file", missing, lambda k: k)
+    show("unexpected in the file", unexpected, lambda k: k)
+    show("shape differs (model vs file)", wrong, lambda k: f"{k}: {model_shapes[k]} vs {ckpt_shapes[k]}")
+    k_model, k_ckpt = _class_count(model_shapes), _class_count(ckpt_shapes)
+    class_keys = ("mlp_cls_q.", "mlp_cls_k.", "class_embed.")
+    only_classes = not missing and not unexpected and all(any(c in k for c in class_keys) for k in wrong)
+    if only_classes and k_model and k_ckpt and k_model != k_ckpt:
+        lines.append(f"  The file was trained for {k_ckpt} classes, the config has {k_model}: set "
+                     f"model.num_classes={k_ckpt} to use it as is, or fine-tune on your classes with "
+                     f"`semask train ... model.weights={path}` (the class-specific layers start fresh).")
+    preset, exact = suggest_preset(ckpt_shapes)
+    if exact:
+        lines.append(f"  These weights fit the preset '{preset}': use --config {preset}.")
+    elif preset and not only_classes:
+        lines.append(f"  No preset fits exactly; the closest is '{preset}'. Check that the config matches the "
+                     "checkpoint (model size, classes, decoder layers).")
+    return "\n".join(lines)
+
+
+def load_state_dict_strict(model: nn.Module, ckpt: Checkpoint) -> None:
+    """Load `ckpt` into `model`, all keys and shapes exactly; raise WeightsError describing any mismatch."""
+    sd = {k: v for k, v in ckpt.state_dict.items() if k not in IGNORED_KEYS}
+    model_shapes = _shapes(model.state_dict())
+    ckpt_shapes = _shapes(sd)
+    if model_shapes != ckpt_shapes:
+        raise WeightsError(describe_mismatch(model_shapes, ckpt_shapes, ckpt.path))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_model(cfg: "str | os.PathLike | Config | None", weights: str | os.PathLike,
+               device: str | torch.device = "cpu", overrides: Any = ()) -> nn.Module:
+    """Build the model for `cfg` (a preset, YAML path or Config; None = the config inside a safetensors
+    file) and load `weights` strictly. Returns the model in eval mode on `device`."""
+    from .config import load_config
+    from .modeling import build_from_config
+
+    ckpt = read_checkpoint(weights)
+    if cfg is None and ckpt.config is None:
+        raise ConfigError(f"{weights}: the file holds no config; pass one with --config (a preset such as "
+                          f"{', '.join(preset_names()[:2])}, ... or a YAML file)")
+    config = load_config(ckpt.config if cfg is None else cfg, overrides)
+    model = build_from_config(config)
+    load_state_dict_strict(model, ckpt)
+    model.config = config  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+def weights_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """What a weights file holds: format, tensor count, parameters, dtypes, embedded config."""
+    ckpt = read_checkpoint(path)
+    sd = ckpt.state_dict
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()})
+    params = sum(v.numel() for k, v in sd.items() if v.is_floating_point() and k not in IGNORED_KEYS)
+    info: dict[str, Any] = {"path": str(ckpt.path), "format": ckpt.format, "tensors": len(sd),
+                            "numel": params, "dtypes": dtypes,
+                            "num_classes": _class_count(_shapes(sd)),
+                            "config": ckpt.config.name if ckpt.config else None}
+    if ckpt.format == "detectron2":
+        info["extra_entries"] = sorted(ckpt.extra)
+        if "iteration" in ckpt.extra:
+            info["iteration"] = int(ckpt.extra["iteration"])
+    return json.loads(json.dumps(info, default=str))
