@@ -1,0 +1,1 @@
+"""Training and evaluation machinery: trainer, optimiser and schedule, checkpoints, distributed helpers, evaluator, TTA."""
