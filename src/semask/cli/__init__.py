@@ -73,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # positionals after options (`predict IMG --output DIR KEY=VALUE`): commands that accept them
+        # name their list with set_defaults(trailing=...)
+        trailing = getattr(args, "trailing", None)
+        if trailing is None or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, trailing, list(getattr(args, trailing) or []) + extra)
     if not args.command:
         parser.print_help()
         return 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import sys
 from pathlib import Path
@@ -29,12 +28,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--output", "-o", required=True, help="output folder (created if missing)")
     p.add_argument("--save-scores", action="store_true", help="also write <stem>.scores.npy (K x H x W float32)")
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per forward pass; images of the same size are batched together (default 1)")
     p.add_argument("--test-size", default=None,
                    help="resize the shorter side to this many pixels before the model ('config': the config's "
                         "test size, as evaluation does); default: the image's own resolution")
-    p.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation (config's test.aug_*)")
-    p.set_defaults(func=run)
+    p.add_argument("--tta", action="store_true",
+                   help="multi-scale + flip test-time augmentation: scores averaged over the config's "
+                        "test.aug_min_sizes (and flips when test.aug_flip); --test-size is then not used")
+    p.set_defaults(func=run, trailing="inputs")
 
 
 def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
@@ -46,24 +48,16 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 def expand_inputs(items: list[str]) -> list[Path]:
     """Files as given, folders searched recursively for images, glob patterns expanded; order kept."""
-    from ..io import IMAGE_EXTENSIONS
+    from ..io import ImageReadError
+    from ..predictor import expand_image_paths
 
-    found: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            if not matches:
-                raise CommandError(f"{item}: the pattern matches no file")
-            found.extend(m for m in matches if m.is_file())
-        else:
-            found.append(path)  # missing files are reported per file later
-    unique = list(dict.fromkeys(found))
-    if not unique:
+    try:
+        found = expand_image_paths(items)
+    except ImageReadError as e:
+        raise CommandError(str(e)) from None
+    if not found:
         raise CommandError("no input images found")
-    return unique
+    return found
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -79,7 +73,6 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    from PIL import Image
     from tqdm import tqdm
 
     from ..io import ImageReadError, read_image
@@ -109,14 +102,10 @@ def run(args: argparse.Namespace) -> int:
             test_size = int(test_size)
         except ValueError:
             raise CommandError(f"--test-size must be an integer or 'config', got {test_size!r}") from None
-    predictor = Predictor(model, test_size=test_size, max_size=cfg.data.max_size_test, batch_size=1)
+    predictor = Predictor(model, test_size=test_size, max_size=cfg.data.max_size_test, batch_size=args.batch_size,
+                          tta=args.tta)
     names, palette = class_names_and_palette(cfg)
     palette = palette_for(cfg.model.num_classes, palette)
-    tta = None
-    if args.tta:
-        from ..engine.tta import TTAPredictor  # multi-scale + flip, defined with evaluation
-
-        tta = TTAPredictor.from_config(model, cfg)
 
     failures: list[str] = []
     stems = unique_stems(paths)
@@ -132,11 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 failures.append(str(e))
                 log.error("skipped: %s", e)
         if images:
-            if tta is not None:
-                scores = [tta.scores(im) for im in images]
-            else:
-                predictor.batch_size = len(images)
-                scores = predictor.scores(images)
+            scores = predictor.scores(images)
             for (path, stem), image, s in zip(ok, images, scores):
                 label = s.argmax(0).cpu().numpy().astype(np.int32)
                 save_label_png(label, out_dir / f"{stem}.png", palette)
