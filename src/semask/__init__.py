@@ -5,17 +5,30 @@
     model = semask.load_model("semask-large-ade20k", "model_final.pth")
     predictor = semask.Predictor(model)
     label = predictor("image.jpg")                                  # (H, W) class indices
+
+Heavy modules (torch) load on first use, so `semask --help` stays instant.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any
 
 from .config import Config, ConfigError, load_config, preset_names
-from .predictor import Prediction, Predictor
-from .weights import WeightsError, load_model, save_weights
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Predictor": "predictor", "Prediction": "predictor",
+    "load_model": "weights", "save_weights": "weights", "WeightsError": "weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'semask' has no attribute {name!r}")
 
 
 def build_model(cfg: "str | os.PathLike | Config", overrides=()):
