@@ -1,8 +1,10 @@
 """Reading and writing model weights without ever running pickled code.
 
 Formats read: detectron2 checkpoints (`model_final.pth`: {"model": state_dict, ...} possibly with
-optimizer/scheduler/iteration entries), plain state_dict .pth files, and our safetensors files (which
-embed the config). `.pth` goes only through `torch.load(weights_only=True)`.
+optimizer/scheduler/iteration entries), plain state_dict .pth files, detectron2 `.pkl` conversions
+(through the restricted unpickler of :mod:`semask.convert`) and our safetensors files (which embed the
+config). `.pth` goes only through `torch.load(weights_only=True)`; `trust_pickle=True` (the CLI's
+`--trust-pickle`) lifts that for `.pth` only, and is dangerous: unpickling can run any code in the file.
 
 Loading is strict: every key present with the right shape and nothing unexpected; the error lists
 the differences and names the preset whose keys fit.
@@ -40,15 +42,23 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, trust_pickle: bool = False) -> Any:
+    if trust_pickle:
+        import logging
+
+        logging.getLogger("semask.weights").warning(
+            "%s: loading with --trust-pickle: any code inside the file runs now. Only do this for files "
+            "from a source you trust.", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except FileNotFoundError:
         raise WeightsError(f"{path}: weights file not found") from None
     except Exception as e:  # noqa: BLE001 - every failure becomes a one-line message
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
-            glob = _offending_global(str(e))
+        if "WeightsUnpickler error:" in str(e):  # torch's long advice text; keep its actual reason
+            msg = str(e).split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        glob = _offending_global(str(e))
+        if glob or "Unsupported class" in str(e):
             raise WeightsError(f"{path}: refused to load, the file needs to run pickled code"
                                f"{' (' + glob + ')' if glob else ''}. Only tensors and plain containers are "
                                "accepted; re-save the state_dict with torch.save, or convert it with "
@@ -58,10 +68,11 @@ def _torch_load(path: Path) -> Any:
 
 
 def _offending_global(message: str) -> str:
-    for line in message.splitlines():
-        if "GLOBAL" in line or "Unsupported global" in line:
-            return line.strip().rstrip(".")
-    return ""
+    """'global io.open' from torch's weights-only unpickler message, or ""."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"Unsupported global:? ([\w.]+)", message)
+    return f"global '{found.group(1)}'" if found else ""
 
 
 def _tensors_only(obj: dict, path: Path) -> dict[str, torch.Tensor]:
@@ -73,8 +84,12 @@ def _tensors_only(obj: dict, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read the tensors of a weights file (.pth/.pt/.bin or .safetensors)."""
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Checkpoint:
+    """Read the tensors of a weights file (.pth/.pt/.bin, detectron2 .pkl or .safetensors).
+
+    `trust_pickle` (only for .pth/.pt/.bin) unpickles without restrictions: DANGEROUS, the file can run
+    any code. Never needed for released checkpoints; meant for old files that pickled whole objects.
+    """
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"{path}: weights file not found")
@@ -82,12 +97,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise WeightsError(f"{path}: is a folder; give the weights file inside it")
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: weights file is empty (0 bytes)")
+    if trust_pickle and path.suffix in (".safetensors", ".pkl"):
+        raise WeightsError(f"{path}: --trust-pickle applies only to .pth files; {path.suffix} files are always "
+                           "read without running code")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     if path.suffix == ".pkl":
         from .convert import read_pkl_checkpoint  # restricted unpickler, never runs code
         return read_pkl_checkpoint(path)
-    obj = _torch_load(path)
+    obj = _torch_load(path, trust_pickle)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         extra = {k: v for k, v in obj.items() if k != "model"}
         return Checkpoint(path, _tensors_only(obj["model"], path), "detectron2", extra=extra)
@@ -119,16 +137,34 @@ def _read_safetensors(path: Path) -> Checkpoint:
 def save_weights(model: nn.Module, path: str | os.PathLike, cfg: Config | None = None,
                  extra: dict[str, str] | None = None) -> Path:
     """Write the model's state_dict (and its config) as safetensors, atomically."""
+    return save_state_dict(model.state_dict(), path, cfg, extra)
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, cfg: Config | None = None,
+                    extra: dict[str, str] | None = None) -> Path:
+    """Write tensors (and a config) as safetensors, atomically; tensors sharing memory are copied apart."""
     from safetensors.torch import save_file
 
     path = Path(path)
     meta = {"format": SAFETENSORS_FORMAT, **(extra or {})}
     if cfg is not None:
         meta["config"] = cfg.to_yaml()
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in state_dict.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        sd[k] = v.clone() if ptr in seen and v.numel() else v
+        seen.add(ptr)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    if not path.parent.is_dir():
+        raise WeightsError(f"{path}: cannot write weights, folder {path.parent} does not exist")
+    try:
+        save_file(sd, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 - OSError or SafetensorError: disk full, permissions
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(f"{path}: cannot write weights ({e})") from None
     return path
 
 
@@ -236,10 +272,14 @@ def weights_summary(path: str | os.PathLike) -> dict[str, Any]:
     sd = ckpt.state_dict
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()})
     params = sum(v.numel() for k, v in sd.items() if v.is_floating_point() and k not in IGNORED_KEYS)
-    info: dict[str, Any] = {"path": str(ckpt.path), "format": ckpt.format, "tensors": len(sd),
-                            "numel": params, "dtypes": dtypes,
+    from .convert import checkpoint_kind
+
+    info: dict[str, Any] = {"path": str(ckpt.path), "format": ckpt.format, "contents": checkpoint_kind(sd),
+                            "tensors": len(sd), "numel": params, "dtypes": dtypes,
                             "num_classes": _class_count(_shapes(sd)),
                             "config": ckpt.config.name if ckpt.config else None}
+    if ckpt.format == "safetensors":
+        info["metadata"] = {k: v for k, v in ckpt.extra.items() if k != "format"}
     if ckpt.format == "detectron2":
         info["extra_entries"] = sorted(ckpt.extra)
         if "iteration" in ckpt.extra:

@@ -106,10 +106,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"weights     {w['path']}")
         print(f"format      {w['format']}   tensors {w['tensors']}   parameters {w['numel']:,}   dtypes "
               f"{', '.join(w['dtypes'])}")
+        contents = {"semask-model": "SeMask Mask2Former model", "swin-backbone": "Swin backbone weights (for "
+                    "training initialisation: model.weights=...)"}.get(w.get("contents"), "unrecognised tensors")
+        print(f"contents    {contents}")
         if w.get("num_classes"):
             print(f"classes     {w['num_classes']}")
         if w.get("config"):
             print(f"config      {w['config']} (embedded)")
+        for k, v in (w.get("metadata") or {}).items():
+            if k != "contents":
+                print(f"{k:11s} {v}")
+        if w.get("iteration") is not None:
+            print(f"iteration   {w['iteration']}")
     if "params" in result:
         print(f"config      {result['config']}   classes {result['num_classes']}   semantic attention "
               f"{'/'.join(result['semantic_attention'])}")
