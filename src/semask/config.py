@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -296,7 +297,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = Non
     for k, v in data.items():
         key = f"{prefix}{k}"
         if k not in names:
-            raise ConfigError(f"unknown config key '{key}'. Accepted keys here: {', '.join(sorted(names))}")
+            where = f"in '{prefix.rstrip('.')}'" if prefix else "at the top level"
+            raise ConfigError(f"unknown config key '{key}'. Accepted keys {where}: {', '.join(sorted(names))}")
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             changes[k] = from_dict(tp, v or {}, key + ".", getattr(obj, k))
@@ -309,7 +311,9 @@ def _set_dotted(cfg: Any, parts: list[str], value: Any, full_key: str) -> Any:
     names = {f.name for f in dataclasses.fields(cfg)}
     head = parts[0]
     if head not in names:
-        raise ConfigError(f"unknown config key '{full_key}'. Accepted keys at '{head}': {', '.join(sorted(names))}")
+        section = full_key.split(".")[:-len(parts)]
+        where = f"in '{'.'.join(section)}'" if section else "at the top level"
+        raise ConfigError(f"unknown config key '{full_key}'. Accepted keys {where}: {', '.join(sorted(names))}")
     tp = _hints(type(cfg))[head]
     if len(parts) == 1:
         if dataclasses.is_dataclass(tp):
@@ -380,9 +384,16 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {cfg.data.on_error!r}")
     if len(cfg.data.crop_size) != 2:
         raise ConfigError(f"data.crop_size needs (height, width), got {list(cfg.data.crop_size)}")
+    div = cfg.data.size_divisibility
+    if cfg.data.crop_enabled and div > 0 and max(cfg.data.crop_size) > div:
+        raise ConfigError(f"data.crop_size {list(cfg.data.crop_size)} is larger than data.size_divisibility={div}, "
+                          "the size training crops are padded to; set data.size_divisibility to at least "
+                          f"{max(cfg.data.crop_size)} (the crop size, as the presets do) or to -1 (no padding)")
     if cfg.data.class_names is not None and len(cfg.data.class_names) != m.num_classes:
         raise ConfigError(f"data.class_names has {len(cfg.data.class_names)} names but model.num_classes is "
                           f"{m.num_classes}")
+    if not math.isfinite(cfg.solver.base_lr) or cfg.solver.base_lr < 0:
+        raise ConfigError(f"solver.base_lr must be a finite number >= 0, got {cfg.solver.base_lr}")
     if cfg.solver.grad_accum_steps < 1:
         raise ConfigError("solver.grad_accum_steps must be >= 1")
     return cfg
@@ -403,7 +414,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {reason}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

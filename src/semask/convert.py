@@ -224,7 +224,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
                        trust_pickle: bool = False) -> ConversionResult:
     """Convert `src` (released .pth, Swin ImageNet .pth/.pkl) to our safetensors file `dst`."""
     from .modeling import build_from_config
-    from .weights import _shapes, describe_mismatch
+    from .weights import _shapes, mismatch_error
 
     dst = Path(dst)
     if dst.suffix != ".safetensors":
@@ -242,7 +242,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
         sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.state_dict.items()}
         sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS}
         if _shapes(sd) != model_shapes:
-            raise WeightsError(describe_mismatch(model_shapes, _shapes(sd), ckpt.path))
+            raise mismatch_error(model_shapes, _shapes(sd), ckpt.path)
         ordered = {k: sd[k] for k in model_shapes}
         save_state_dict(ordered, dst, cfg, {**source, "contents": SEMASK_MODEL})
         yaml_path = dst.with_suffix(".yaml")

@@ -45,6 +45,8 @@ def _open(path: str | os.PathLike) -> Image.Image:
                              f"(limit {MAX_IMAGE_PIXELS:,} pixels); resize it first") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image PIL can read (wrong extension or corrupt file)") from None
+    except PermissionError as e:
+        raise ImageReadError(f"{path}: cannot open the file ({e.strerror}); check its permissions") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot decode image ({e}); the file may be truncated or corrupt") from None
     finally:

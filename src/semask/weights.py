@@ -29,7 +29,14 @@ SAFETENSORS_FORMAT = "semask"
 
 
 class WeightsError(ValueError):
-    """A weights file that cannot be used as asked; the message names the file and what to do."""
+    """A weights file that cannot be used as asked; the message (one line) names the file and what to do.
+
+    `details` holds a longer report when there is one (every mismatching key); `semask --debug` prints it.
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 @dataclass
@@ -53,8 +60,11 @@ def _torch_load(path: Path, trust_pickle: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except FileNotFoundError:
         raise WeightsError(f"{path}: weights file not found") from None
+    except PermissionError as e:
+        raise WeightsError(f"{path}: cannot read the weights file ({e.strerror}); check its permissions") from None
     except Exception as e:  # noqa: BLE001 - every failure becomes a one-line message
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = msg.split(". ")[0]  # torch appends paragraphs of advice after the reason
         if "WeightsUnpickler error:" in str(e):  # torch's long advice text; keep its actual reason
             msg = str(e).split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         glob = _offending_global(str(e))
@@ -123,15 +133,44 @@ def _read_safetensors(path: Path) -> Checkpoint:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
+    except PermissionError as e:
+        raise WeightsError(f"{path}: cannot read the weights file ({e.strerror}); check its permissions") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: cannot read safetensors file ({e}); it may be truncated") from None
-    cfg = None
-    if "config" in meta:
-        import yaml
-
-        cfg = from_dict(Config, yaml.safe_load(meta["config"]) or {})
+    cfg = _embedded_config(path, meta)
     extra = {k: v for k, v in meta.items() if k != "config"}
     return Checkpoint(path, sd, "safetensors", cfg, extra)
+
+
+def _embedded_config(path: Path, meta: dict[str, str]) -> Config | None:
+    """The config a safetensors file of ours carries in its metadata, or None."""
+    if "config" not in meta:
+        return None
+    import yaml
+
+    try:
+        return from_dict(Config, yaml.safe_load(meta["config"]) or {})
+    except (yaml.YAMLError, ConfigError) as e:
+        raise WeightsError(f"{path}: the config stored in the file is not valid ({e}); pass one with --config") \
+            from None
+
+
+def embedded_config(path: str | os.PathLike) -> Config | None:
+    """The config inside a safetensors weights file (reads only the file's header); None for other files.
+    A file that cannot be read raises WeightsError, as reading its tensors would."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except PermissionError as e:
+        raise WeightsError(f"{path}: cannot read the weights file ({e.strerror}); check its permissions") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: cannot read safetensors file ({e}); it may be truncated") from None
+    return _embedded_config(path, meta)
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, cfg: Config | None = None,
@@ -184,17 +223,41 @@ def _preset_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return _shapes(model.state_dict())
 
 
+def _fingerprint(shapes: dict[str, tuple[int, ...]]) -> tuple:
+    """(embed_dim, blocks per stage, classes) read off a state_dict's shapes: cheap to compare."""
+    import re
+
+    embed = shapes.get("backbone.patch_embed.proj.weight", (None,))[0]
+    blocks: dict[int, set[int]] = {}
+    for k in shapes:
+        m = re.match(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.", k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    depths = tuple(len(blocks[i]) for i in sorted(blocks))
+    return embed, depths, _class_count(shapes)
+
+
+def _preset_fingerprint(name: str) -> tuple:
+    from .config import load_config
+
+    cfg = load_config(name)
+    return cfg.model.backbone.embed_dim, tuple(cfg.model.backbone.depths), cfg.model.num_classes
+
+
 def suggest_preset(shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, bool]:
-    """The preset whose state_dict fits `shapes` best, and whether it fits exactly."""
-    best, best_score = None, -1.0
-    keys = set(shapes)
+    """The preset whose state_dict fits `shapes` best, and whether it fits exactly.
+
+    Only presets with the same width, depths and class count are built (on the meta device) and compared
+    key by key; otherwise the closest is the one sharing most of those three."""
+    target = _fingerprint(shapes)
+    best, best_score = None, None
     for name in preset_names():
-        ref = _preset_shapes(name)
-        if ref == shapes:
+        fp = _preset_fingerprint(name)
+        if fp == target and _preset_shapes(name) == shapes:
             return name, True
-        same = sum(1 for k in keys & set(ref) if ref[k] == shapes[k])
-        score = same / max(len(keys | set(ref)), 1)
-        if score > best_score:
+        depth_gap = sum(abs(a - b) for a, b in zip(fp[1], target[1])) + 100 * abs(len(fp[1]) - len(target[1]))
+        score = (sum(a == b for a, b in zip(fp, target)), -depth_gap)
+        if best_score is None or score > best_score:
             best, best_score = name, score
     return best, False
 
@@ -204,13 +267,72 @@ def _class_count(shapes: dict[str, tuple[int, ...]]) -> int | None:
     return s[0] - 1 if s else None
 
 
+CLASS_KEYS = ("mlp_cls_q.", "mlp_cls_k.", "class_embed.")
+
+
+@dataclass
+class Mismatch:
+    """How a state_dict differs from a model's: keys missing from the file, unexpected, with another shape."""
+    model_shapes: dict[str, tuple[int, ...]]
+    ckpt_shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def missing(self) -> list[str]:
+        return [k for k in self.model_shapes if k not in self.ckpt_shapes]
+
+    @property
+    def unexpected(self) -> list[str]:
+        return [k for k in self.ckpt_shapes if k not in self.model_shapes]
+
+    @property
+    def wrong(self) -> list[str]:
+        return [k for k in self.model_shapes if k in self.ckpt_shapes and self.model_shapes[k] != self.ckpt_shapes[k]]
+
+    def class_counts(self) -> tuple[int, int] | None:
+        """(classes in the file, classes of the model) when only the class-specific layers differ."""
+        wrong = self.wrong
+        only_classes = (wrong and not self.missing and not self.unexpected
+                        and all(any(c in k for c in CLASS_KEYS) for k in wrong))
+        k_model, k_ckpt = _class_count(self.model_shapes), _class_count(self.ckpt_shapes)
+        if only_classes and k_model and k_ckpt and k_model != k_ckpt:
+            return k_ckpt, k_model
+        return None
+
+    def counts(self) -> str:
+        return (f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                f"{len(self.wrong)} with another shape")
+
+    def example(self) -> str:
+        """One differing key, shape differences first."""
+        if self.wrong:
+            k = self.wrong[0]
+            return f"{k} is {self.model_shapes[k]} in the model but {self.ckpt_shapes[k]} in the file"
+        if self.missing:
+            return f"{self.missing[0]} is missing from the file"
+        return f"{self.unexpected[0]} is not in the model" if self.unexpected else ""
+
+
+def _hint(mismatch: Mismatch, path: Path) -> str:
+    classes = mismatch.class_counts()
+    if classes:
+        k_ckpt, k_model = classes
+        return (f"The file was trained for {k_ckpt} classes, the config has {k_model}: set "
+                f"model.num_classes={k_ckpt} to use it as is, or fine-tune with a new head via "
+                f"`semask train ... model.weights={path}` (the class-specific layers start fresh).")
+    preset, exact = suggest_preset(mismatch.ckpt_shapes)
+    if exact:
+        return f"These weights fit the preset '{preset}': use --config {preset}."
+    if preset:
+        return (f"No preset fits exactly; the closest is '{preset}'. Check that the config matches the "
+                "checkpoint (model size, classes, decoder layers).")
+    return ""
+
+
 def describe_mismatch(model_shapes: dict[str, tuple[int, ...]], ckpt_shapes: dict[str, tuple[int, ...]],
-                      path: Path, limit: int = 12) -> str:
-    missing = [k for k in model_shapes if k not in ckpt_shapes]
-    unexpected = [k for k in ckpt_shapes if k not in model_shapes]
-    wrong = [k for k in model_shapes if k in ckpt_shapes and model_shapes[k] != ckpt_shapes[k]]
-    lines = [f"{path}: weights do not fit the model ({len(missing)} missing, {len(unexpected)} unexpected, "
-             f"{len(wrong)} with another shape)."]
+                      path: Path, limit: int = 12, hint: str | None = None) -> str:
+    """The full report: every differing key (up to `limit` per group) and the hint."""
+    m = Mismatch(model_shapes, ckpt_shapes)
+    lines = [f"{path}: weights do not fit the model ({m.counts()})."]
 
     def show(title: str, keys: list[str], fmt) -> None:
         if keys:
@@ -219,23 +341,23 @@ def describe_mismatch(model_shapes: dict[str, tuple[int, ...]], ckpt_shapes: dic
             if len(keys) > limit:
                 lines.append(f"    ... and {len(keys) - limit} more")
 
-    show("missing in the file", missing, lambda k: k)
-    show("unexpected in the file", unexpected, lambda k: k)
-    show("shape differs (model vs file)", wrong, lambda k: f"{k}: {model_shapes[k]} vs {ckpt_shapes[k]}")
-    k_model, k_ckpt = _class_count(model_shapes), _class_count(ckpt_shapes)
-    class_keys = ("mlp_cls_q.", "mlp_cls_k.", "class_embed.")
-    only_classes = not missing and not unexpected and all(any(c in k for c in class_keys) for k in wrong)
-    if only_classes and k_model and k_ckpt and k_model != k_ckpt:
-        lines.append(f"  The file was trained for {k_ckpt} classes, the config has {k_model}: set "
-                     f"model.num_classes={k_ckpt} to use it as is, or fine-tune on your classes with "
-                     f"`semask train ... model.weights={path}` (the class-specific layers start fresh).")
-    preset, exact = suggest_preset(ckpt_shapes)
-    if exact:
-        lines.append(f"  These weights fit the preset '{preset}': use --config {preset}.")
-    elif preset and not only_classes:
-        lines.append(f"  No preset fits exactly; the closest is '{preset}'. Check that the config matches the "
-                     "checkpoint (model size, classes, decoder layers).")
+    show("missing in the file", m.missing, lambda k: k)
+    show("unexpected in the file", m.unexpected, lambda k: k)
+    show("shape differs (model vs file)", m.wrong, lambda k: f"{k}: {model_shapes[k]} vs {ckpt_shapes[k]}")
+    hint = _hint(m, path) if hint is None else hint
+    if hint:
+        lines.append(f"  {hint}")
     return "\n".join(lines)
+
+
+def mismatch_error(model_shapes: dict[str, tuple[int, ...]], ckpt_shapes: dict[str, tuple[int, ...]],
+                   path: Path) -> WeightsError:
+    """A WeightsError whose message is one line (file, counts, one example key, the hint) and whose
+    `details` is the full report of :func:`describe_mismatch`."""
+    m = Mismatch(model_shapes, ckpt_shapes)
+    hint = _hint(m, path)
+    message = f"{path}: weights do not fit the model ({m.counts()}; e.g. {m.example()}). {hint}"
+    return WeightsError(message.strip(), describe_mismatch(model_shapes, ckpt_shapes, path, 10 ** 9, hint))
 
 
 def load_state_dict_strict(model: nn.Module, ckpt: Checkpoint) -> None:
@@ -244,22 +366,35 @@ def load_state_dict_strict(model: nn.Module, ckpt: Checkpoint) -> None:
     model_shapes = _shapes(model.state_dict())
     ckpt_shapes = _shapes(sd)
     if model_shapes != ckpt_shapes:
-        raise WeightsError(describe_mismatch(model_shapes, ckpt_shapes, ckpt.path))
+        raise mismatch_error(model_shapes, ckpt_shapes, ckpt.path)
     model.load_state_dict(sd, strict=True)
+
+
+def config_for(cfg: "str | os.PathLike | Config | None", weights: str | os.PathLike, overrides: Any = ()) -> Config:
+    """The config to use with `weights`: `cfg` (a preset, YAML path or Config) or, when None, the one
+    embedded in a safetensors file; overrides applied. Cheap (reads at most the file's header), so that
+    config errors come before any heavy work."""
+    from .config import load_config
+
+    if cfg is None:
+        if not Path(weights).is_file() or Path(weights).stat().st_size == 0:
+            read_checkpoint(weights)  # the file's own problem first (missing, a folder, empty)
+        cfg = embedded_config(weights)
+        if cfg is None:
+            raise ConfigError(f"{weights}: the file holds no config; pass one with --config (a preset such as "
+                              f"{', '.join(preset_names()[:2])}, ... or a YAML file)")
+    return load_config(cfg, overrides)
 
 
 def load_model(cfg: "str | os.PathLike | Config | None", weights: str | os.PathLike,
                device: str | torch.device = "cpu", overrides: Any = ()) -> nn.Module:
     """Build the model for `cfg` (a preset, YAML path or Config; None = the config inside a safetensors
-    file) and load `weights` strictly. Returns the model in eval mode on `device`."""
-    from .config import load_config
+    file) and load `weights` strictly. Returns the model in eval mode on `device`.
+    The config is resolved (and checked) before the weights are read or the model is built."""
     from .modeling import build_from_config
 
+    config = config_for(cfg, weights, overrides)
     ckpt = read_checkpoint(weights)
-    if cfg is None and ckpt.config is None:
-        raise ConfigError(f"{weights}: the file holds no config; pass one with --config (a preset such as "
-                          f"{', '.join(preset_names()[:2])}, ... or a YAML file)")
-    config = load_config(ckpt.config if cfg is None else cfg, overrides)
     model = build_from_config(config)
     load_state_dict_strict(model, ckpt)
     model.config = config  # type: ignore[attr-defined]

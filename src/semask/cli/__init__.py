@@ -93,10 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         print("semask: interrupted", file=sys.stderr)
         return 130
     except _user_errors() as e:
+        details = getattr(e, "details", "")  # a longer report (e.g. every mismatching weights key)
         if debug:
+            if details:
+                print(details, file=sys.stderr)
             raise
         msg = str(e) if not isinstance(e, (FileNotFoundError, PermissionError)) or not e.filename else \
             f"{e.filename}: {e.strerror}"
+        msg = msg.replace("\n", " ")  # one line, whatever the message
+        if details:
+            msg += " (`semask --debug ...` lists every difference)"
         print(f"semask {args.command}: error: {msg}", file=sys.stderr)
         return getattr(e, "code", 2)
 

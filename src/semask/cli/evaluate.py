@@ -59,16 +59,15 @@ def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset
     from ..engine.evaluator import evaluate
     from ..metrics import format_table, json_safe
-    from ..weights import load_model
+    from ..weights import config_for, load_model
 
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise CommandError(f"unexpected argument(s) {' '.join(bad)}; config overrides look like KEY=VALUE")
     if args.workers is not None and args.workers < 0:
         raise CommandError(f"--workers must be >= 0, got {args.workers}")
-    rank, world, device = _init_distributed(args.device)
-    model = load_model(args.config, args.weights, device, args.overrides)
-    cfg = model.config
+    # the config and the dataset's layout and class count are checked before the model is loaded
+    cfg = config_for(args.config, args.weights, args.overrides)
     root = args.data or cfg.data.root
     if not root:
         raise CommandError("no dataset given: pass --data ROOT (or set data.root in the config)")
@@ -76,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = build_dataset(cfg, split, root)
     if len(dataset) == 0:
         raise CommandError(f"{root}: split {split!r} has no images")
+    rank, world, device = _init_distributed(args.device)
+    model = load_model(cfg, args.weights, device)
     if rank == 0:
         log.info("evaluating %s on %d %s image(s) of %s%s%s", args.weights, len(dataset), split, root,
                  " with ms+flip" if args.tta else "", f" across {world} processes" if world > 1 else "")

@@ -48,7 +48,7 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 def expand_inputs(items: list[str]) -> list[Path]:
     """Files as given, folders searched recursively for images, glob patterns expanded; order kept."""
-    from ..io import ImageReadError
+    from ..io import IMAGE_EXTENSIONS, ImageReadError
     from ..predictor import expand_image_paths
 
     try:
@@ -56,7 +56,8 @@ def expand_inputs(items: list[str]) -> list[Path]:
     except ImageReadError as e:
         raise CommandError(str(e)) from None
     if not found:
-        raise CommandError("no input images found")
+        raise CommandError(f"no input images found in {', '.join(items)} (looked for "
+                           f"{', '.join(IMAGE_EXTENSIONS)})")
     return found
 
 
@@ -71,6 +72,22 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def check_output_folder(folder: Path) -> None:
+    """Create `folder` and prove a file can be written there, or raise CommandError naming it."""
+    import os
+
+    probe = folder / f".semask_write_test_{os.getpid()}"
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"the output folder {folder} is a file; choose another --output")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CommandError(f"cannot write to the output folder {folder}: {e.strerror or e}; choose another "
+                           "--output") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -78,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import ImageReadError, read_image
     from ..predictor import Predictor
     from ..visualize import overlay, palette_for, save_label_png
-    from ..weights import load_model
+    from ..weights import config_for, load_model
 
     if not 0.0 <= args.opacity <= 1.0:
         raise CommandError(f"--opacity must be within [0, 1], got {args.opacity}")
@@ -86,14 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     inputs, overrides = split_overrides(args.inputs)
     paths = expand_inputs(inputs)
-    out_dir = Path(args.output)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CommandError(f"cannot create output folder {out_dir}: {e.strerror}") from None
-
-    model = load_model(args.config, args.weights, args.device, overrides)
-    cfg = model.config
+    cfg = config_for(args.config, args.weights, overrides)  # config errors before any heavy work
     test_size = args.test_size
     if test_size == "config":
         test_size = cfg.data.min_size_test
@@ -102,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
             test_size = int(test_size)
         except ValueError:
             raise CommandError(f"--test-size must be an integer or 'config', got {test_size!r}") from None
+    out_dir = Path(args.output)
+    check_output_folder(out_dir)
+
+    model = load_model(cfg, args.weights, args.device)
     predictor = Predictor(model, test_size=test_size, max_size=cfg.data.max_size_test, batch_size=args.batch_size,
                           tta=args.tta)
     names, palette = class_names_and_palette(cfg)
@@ -119,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
                 ok.append((path, stem))
             except ImageReadError as e:
                 failures.append(str(e))
-                log.error("skipped: %s", e)
         if images:
             scores = predictor.scores(images)
             for (path, stem), image, s in zip(ok, images, scores):
@@ -131,13 +144,13 @@ def run(args: argparse.Namespace) -> int:
         bar.update(len(batch))
     bar.close()
     done = len(paths) - len(failures)
-    log.info("wrote %d prediction(s) to %s", done, out_dir)
-    if failures:
-        print(f"semask predict: {len(failures)} of {len(paths)} input(s) could not be read:", file=sys.stderr)
-        for f in failures:
-            print(f"  {f}", file=sys.stderr)
-        return 1
-    return 0
+    if done:
+        log.info("wrote %d prediction(s) to %s", done, out_dir)
+    for f in failures:  # one line per unreadable input, naming it
+        print(f"semask predict: error: {f}", file=sys.stderr)
+    if failures and len(paths) > 1:
+        print(f"semask predict: {len(failures)} of {len(paths)} input(s) could not be read", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def class_names_and_palette(cfg) -> tuple[list[str] | None, object]:

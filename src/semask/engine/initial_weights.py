@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..weights import IGNORED_KEYS, WeightsError, describe_mismatch, read_checkpoint
+from ..weights import IGNORED_KEYS, WeightsError, mismatch_error, read_checkpoint
 
 log = logging.getLogger("semask.train")
 
@@ -47,8 +47,8 @@ def load_initial_weights(model: nn.Module, path: str | os.PathLike) -> str:
     unexpected = [k for k in sd if k not in own]
     differing = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
     if missing or unexpected or any(not any(c in k for c in CLASS_SPECIFIC) for k in differing):
-        raise WeightsError(describe_mismatch({k: tuple(v.shape) for k, v in own.items()},
-                                             {k: tuple(v.shape) for k, v in sd.items()}, path))
+        raise mismatch_error({k: tuple(v.shape) for k, v in own.items()},
+                             {k: tuple(v.shape) for k, v in sd.items()}, path)
     for k in differing:
         del sd[k]
     model.load_state_dict(sd, strict=not differing)
