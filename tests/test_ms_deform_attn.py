@@ -66,3 +66,53 @@ def test_module_runs_in_half_precisions():
         half = attn(q, ref_pts, q, shapes, norm)
     assert half.shape == full.shape and torch.isfinite(half.float()).all()
     assert (half.float() - full).abs().max() < 0.1
+
+
+def test_gather_sampler_equals_grid_sample_with_gradients():
+    """The gather sampler (CPU default) against grid_sample: same values and gradients, points outside too."""
+    from semask.modeling.ms_deform_attn import ms_deform_attn_gather
+
+    g = torch.Generator().manual_seed(2)
+    shapes = [(3, 4), (2, 2)]
+    n, m, d, lq, L, p = 2, 2, 3, 5, 2, 3
+    value = torch.randn(n, 16, m, d, generator=g, dtype=torch.float64, requires_grad=True)
+    loc = torch.rand(n, lq, m, L, p, 2, generator=g, dtype=torch.float64) * 1.6 - 0.3
+    wts = torch.rand(n, lq, m, L, p, generator=g, dtype=torch.float64, requires_grad=True)
+    size = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float64)
+    x = (loc[..., 0] * size[:, 0, None] - 0.5).requires_grad_()
+    y = (loc[..., 1] * size[:, 1, None] - 0.5).requires_grad_()
+    loc = loc.requires_grad_()
+    ref = ms_deform_attn_sample(value, shapes, loc, wts)
+    out = ms_deform_attn_gather(value, shapes, x, y, wts)
+    assert torch.allclose(out, ref, atol=1e-12)
+    grad = torch.randn_like(ref)
+    gv, gl, gw = torch.autograd.grad(ref, (value, loc, wts), grad)
+    hv, hx, hy, hw = torch.autograd.grad(out, (value, x, y, wts), grad)
+    assert torch.allclose(hv, gv, atol=1e-10) and torch.allclose(hw, gw, atol=1e-10)
+    # d/dloc = d/dpixel * size
+    assert torch.allclose(hx * size[:, 0, None], gl[..., 0], atol=1e-8)
+    assert torch.allclose(hy * size[:, 1, None], gl[..., 1], atol=1e-8)
+    assert torch.autograd.gradcheck(lambda v, a, b, w: ms_deform_attn_gather(v, shapes, a, b, w), (value, x, y, wts))
+
+
+def test_module_samplers_agree():
+    torch.manual_seed(3)
+    attn = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2)
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.5)
+    torch.nn.init.normal_(attn.attention_weights.weight, std=0.5)
+    shapes = [(4, 5), (2, 3)]
+    q = torch.randn(2, 26, 32, requires_grad=True)
+    ref_pts = torch.rand(1, 26, 2, 2)
+    norm = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32)
+    outs, grads = [], []
+    for sampler in ("grid_sample", "gather"):
+        attn.sampler = sampler
+        assert attn.uses_gather(q.device) == (sampler == "gather")
+        out = attn(q, ref_pts, q, shapes, norm)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), [q] + list(attn.parameters())))
+    assert (outs[0] - outs[1]).abs().max() < 1e-5
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-4 * max(1.0, a.abs().max().item())
+    attn.sampler = "auto"
+    assert attn.uses_gather(torch.device("cpu")) and not attn.uses_gather(torch.device("meta"))

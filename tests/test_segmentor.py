@@ -106,3 +106,31 @@ def test_bad_image_shape_is_a_clear_error(golden_ade):
     model = golden_ade.model()
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         model.predict([torch.zeros(4, 10, 10)])
+
+
+def test_banded_scores_and_labels_equal_the_whole_map_computation():
+    """scores_from_outputs / labels_from_outputs work band by band; compare with the one-shot formula."""
+    import torch.nn.functional as F
+
+    from semask import build_model
+
+    from conftest import tiny_config
+
+    torch.manual_seed(5)
+    model = build_model(tiny_config(num_classes=6)).eval()
+    images = [torch.rand(3, 70, 45) * 255, torch.rand(3, 64, 64) * 255]
+    with torch.no_grad():
+        out = model(images)
+        scores = model.scores_from_outputs(out)
+        labels = model.labels_from_outputs(out)
+        resized = model.labels_from_outputs(out, [(30, 20), (64, 64)])
+        resized_scores = model.scores_from_outputs(out, [(30, 20), (64, 64)])
+        fast = model.predict_labels(images)
+    for i, (h, w) in enumerate([(70, 45), (64, 64)]):
+        masks = F.interpolate(out["pred_masks"][i:i + 1], size=out["padded_size"], mode="bilinear",
+                              align_corners=False)[0]
+        ref = model.semantic_inference(out["pred_logits"][i], masks)[:, :h, :w]
+        assert scores[i].shape == (6, h, w) and torch.allclose(scores[i], ref, atol=1e-6)
+        assert torch.equal(labels[i], scores[i].argmax(0)) and torch.equal(fast[i], labels[i])
+        assert torch.equal(resized[i], resized_scores[i].argmax(0))
+    assert resized[0].shape == (30, 20)

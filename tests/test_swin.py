@@ -72,3 +72,24 @@ def test_patch_merging_neighbour_order_and_odd_sizes():
     cat = torch.stack([grid[0::2, 0::2], grid[1::2, 0::2], grid[0::2, 1::2], grid[1::2, 1::2]], -1).view(-1, 4)
     ref = merge.reduction(torch.nn.functional.layer_norm(cat, (4,)))
     assert torch.allclose(y[0], ref, atol=1e-6)
+
+
+def test_cached_attention_bias_equals_fresh_and_follows_the_table():
+    torch.manual_seed(4)
+    attn = WindowAttention(dim=8, window_size=3, num_heads=2).eval()
+    mask = shifted_window_mask(6, 6, 3, 1, torch.device("cpu"))  # 4 windows
+    x = torch.randn(2 * 4, 9, 8)  # batch 2
+    with torch.no_grad():
+        fresh = attn(x, mask)
+        cached = attn(x, mask)  # second call uses the cache
+        assert attn._bias_key is not None
+        assert torch.equal(fresh, cached)
+        attn.relative_position_bias_table.add_(1.0)  # an in-place update must invalidate the cache
+        changed = attn(x, mask)
+        attn.cache_bias = False
+        uncached = attn(x, mask)
+    assert not torch.equal(changed, fresh) and torch.equal(changed, uncached)
+    # with gradients the bias is never cached, and the table gets a gradient
+    out = attn.train()(x, mask)
+    out.sum().backward()
+    assert attn.relative_position_bias_table.grad is not None

@@ -52,16 +52,19 @@ class MSDeformAttnEncoder(nn.Module):
         """(1, S, L, 2): the normalised (x, y) centre of every token, repeated for every level."""
         refs = []
         for h, w in spatial_shapes:
-            ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device), indexing="ij")
+            ref_y, ref_x = torch.meshgrid(  # arange + 0.5 == linspace(0.5, n - 0.5, n), and traces for export
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5, indexing="ij")
             refs.append(torch.stack((ref_x.reshape(-1)[None] / w, ref_y.reshape(-1)[None] / h), -1))
         ref = torch.cat(refs, 1)
         return ref[:, :, None].expand(-1, -1, len(spatial_shapes), -1)
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
         ref = self.reference_points(spatial_shapes, src.device)
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=src.dtype, device=src.device)
+        if torch.jit.is_tracing():  # ONNX export: sizes are traced values, torch.tensor would freeze them
+            normalizer = torch.stack([torch.stack([w, h]) for h, w in spatial_shapes]).to(src.dtype)
+        else:
+            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=src.dtype, device=src.device)
         for layer in self.layers:
             src = layer(src, pos, ref, spatial_shapes, normalizer)
         return src
@@ -88,7 +91,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
 
     def forward(self, srcs: list[torch.Tensor], pos_embeds: list[torch.Tensor]
                 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
+        shapes = [(s.shape[2], s.shape[3]) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
                               for i, p in enumerate(pos_embeds)], 1)

@@ -82,23 +82,27 @@ class SeMaskMask2Former(nn.Module):
             x[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
         return x, sizes
 
-    def forward_features(self, x: torch.Tensor, with_semantic: bool) -> dict:
-        """Network outputs for an already normalised and padded batch (B, 3, H, W)."""
-        features, sem_maps = self.backbone(x)
+    def forward_features(self, x: torch.Tensor, with_semantic: bool, with_aux: bool = True) -> dict:
+        """Network outputs for an already normalised and padded batch (B, 3, H, W).
+
+        with_aux=False skips the auxiliary predictions (deep supervision only; "aux_outputs" is then [])."""
+        features, sem_maps = self.backbone(x, with_semantic_maps=with_semantic)
         names = sorted(features, key=lambda k: int(k[3:]))
         mask_features, multi_scale = self.sem_seg_head.pixel_decoder([features[k] for k in names])
-        out = self.sem_seg_head.predictor(multi_scale, mask_features)
+        out = self.sem_seg_head.predictor(multi_scale, mask_features, with_aux=with_aux)
         if with_semantic and sem_maps:
             out["sem_seg_logits"] = self.semantic_head([sem_maps[k] for k in names])
         return out
 
-    def forward(self, images: torch.Tensor | Sequence[torch.Tensor], with_semantic: bool | None = None) -> dict:
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor], with_semantic: bool | None = None,
+                with_aux: bool = True) -> dict:
         """Raw outputs for images in 0..255; adds "image_sizes" and "padded_size".
 
         The semantic head (the "cate" training signal) runs in training mode, or when `with_semantic`.
+        with_aux=False (inference) skips the auxiliary predictions.
         """
         x, sizes = self.preprocess(images)
-        out = self.forward_features(x, self.training if with_semantic is None else with_semantic)
+        out = self.forward_features(x, self.training if with_semantic is None else with_semantic, with_aux)
         out["image_sizes"] = sizes
         out["padded_size"] = (int(x.shape[-2]), int(x.shape[-1]))
         return out
@@ -111,22 +115,93 @@ class SeMaskMask2Former(nn.Module):
 
     def scores_from_outputs(self, out: dict, output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
         """Per-class scores for each image: masks upsampled to the padded size, combined, cropped to the
-        image and resized (bilinear) to `output_sizes` (default: the image sizes)."""
-        sizes = out["image_sizes"]
-        output_sizes = list(output_sizes) if output_sizes is not None else sizes
-        if len(output_sizes) != len(sizes):
-            raise ValueError(f"{len(output_sizes)} output sizes for {len(sizes)} images")
+        image and resized (bilinear) to `output_sizes` (default: the image sizes).
+
+        Without autograd the upsampled masks are never held whole: the score map is computed in bands of rows."""
+        sizes, output_sizes = self._output_sizes(out, output_sizes)
         results = []
         for i, ((h, w), (oh, ow)) in enumerate(zip(sizes, output_sizes)):
-            masks = F.interpolate(out["pred_masks"][i: i + 1], size=out["padded_size"], mode="bilinear",
-                                  align_corners=False)[0]
-            scores = self.semantic_inference(out["pred_logits"][i], masks)[:, :h, :w]
+            masks = out["pred_masks"][i]
+            hp, wp = out["padded_size"]
+            if torch.is_grad_enabled() and (masks.requires_grad or out["pred_logits"].requires_grad):
+                full = F.interpolate(masks[None], size=(hp, wp), mode="bilinear", align_corners=False)[0]
+                scores = self.semantic_inference(out["pred_logits"][i], full)[:, :h, :w]
+            else:
+                probs = F.softmax(out["pred_logits"][i], dim=-1)[..., :-1]
+                scores = masks.new_empty((probs.shape[-1], hp, wp))
+                flat = scores.view(scores.shape[0], hp * wp)
+                for r0, r1, sig in _sigmoid_mask_bands(masks, hp, wp):
+                    torch.mm(probs.t(), sig.view(sig.shape[0], -1), out=flat[:, r0 * wp:r1 * wp])
+                scores = scores[:, :h, :w]
             if (oh, ow) != (h, w):
                 scores = F.interpolate(scores[None], size=(oh, ow), mode="bilinear", align_corners=False)[0]
             results.append(scores)
         return results
 
+    def labels_from_outputs(self, out: dict, output_sizes: Sequence[tuple[int, int]] | None = None
+                            ) -> list[torch.Tensor]:
+        """Label maps (argmax of the per-class scores) for each image, as int64 (H, W).
+
+        At the image's own size the scores are never held whole: each band of rows is scored and reduced
+        to labels at once. Other output sizes resize the full scores first (as `scores_from_outputs`)."""
+        sizes, output_sizes = self._output_sizes(out, output_sizes)
+        results = []
+        for i, ((h, w), (oh, ow)) in enumerate(zip(sizes, output_sizes)):
+            if (oh, ow) != (h, w):
+                results.append(self.scores_from_outputs(
+                    {**out, "image_sizes": [sizes[i]], "pred_logits": out["pred_logits"][i:i + 1],
+                     "pred_masks": out["pred_masks"][i:i + 1]}, [(oh, ow)])[0].argmax(0))
+                continue
+            probs = F.softmax(out["pred_logits"][i], dim=-1)[..., :-1]
+            hp, wp = out["padded_size"]
+            labels = torch.empty((h, w), dtype=torch.int64, device=probs.device)
+            for r0, r1, sig in _sigmoid_mask_bands(out["pred_masks"][i], hp, wp, stop=h):
+                scores = torch.mm(sig.view(sig.shape[0], -1).t(), probs)  # (rows * Wp, K)
+                labels[r0:r1] = scores.view(r1 - r0, wp, -1)[:, :w].argmax(-1)
+            results.append(labels)
+        return results
+
+    @staticmethod
+    def _output_sizes(out: dict, output_sizes: Sequence[tuple[int, int]] | None
+                      ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        sizes = list(out["image_sizes"])
+        output_sizes = list(output_sizes) if output_sizes is not None else sizes
+        if len(output_sizes) != len(sizes):
+            raise ValueError(f"{len(output_sizes)} output sizes for {len(sizes)} images")
+        return sizes, [(int(a), int(b)) for a, b in output_sizes]
+
     def predict(self, images: torch.Tensor | Sequence[torch.Tensor],
                 output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
         """Per-class scores (K, H, W) for each image, at `output_sizes` or the images' own sizes."""
-        return self.scores_from_outputs(self.forward(images, with_semantic=False), output_sizes)
+        return self.scores_from_outputs(self.forward(images, with_semantic=False, with_aux=False), output_sizes)
+
+    def predict_labels(self, images: torch.Tensor | Sequence[torch.Tensor],
+                       output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+        """Label maps (H, W) for each image: the argmax of `predict`, without holding the full scores."""
+        return self.labels_from_outputs(self.forward(images, with_semantic=False, with_aux=False), output_sizes)
+
+
+def _sigmoid_mask_bands(masks: torch.Tensor, height: int, width: int, stop: int | None = None,
+                        band_bytes: int = 1 << 22):
+    """Yield (r0, r1, sigmoid of the masks bilinearly upsampled to (height, width), rows r0:r1).
+
+    masks: (Q, h, w). With an integer scale factor s, rows r0:r1 of the upsampled map depend only on
+    input rows r0/s - 1 .. r1/s (+1); each band is upsampled from its input rows with one row of margin,
+    which gives the same values as upsampling the whole map (same source coordinates and weights).
+    Otherwise the whole map is upsampled once and cut into bands."""
+    q, h, w = masks.shape
+    stop = height if stop is None else stop
+    rows = max(1, band_bytes // max(1, q * width * masks.element_size()))
+    s = height // h
+    if s * h != height or s < 1:
+        full = F.interpolate(masks[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        for r0 in range(0, stop, rows):
+            yield r0, min(stop, r0 + rows), full[:, r0:min(stop, r0 + rows)].sigmoid()
+        return
+    rows = max(s, rows // s * s)
+    for r0 in range(0, stop, rows):
+        r1 = min(stop, r0 + rows)
+        a0, a1 = max(0, r0 // s - 1), min(h, -(-r1 // s) + 1)
+        band = F.interpolate(masks[None, :, a0:a1], size=((a1 - a0) * s, width), mode="bilinear",
+                             align_corners=False)[0]
+        yield r0, r1, band[:, r0 - a0 * s:r1 - a0 * s].sigmoid()

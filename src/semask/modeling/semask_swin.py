@@ -59,8 +59,9 @@ class SemanticAttention(nn.Module):
         seg_map = self.mlp_cls_q(x)
         keys = self.mlp_cls_k(x)
         values = self.mlp_v(x)
-        feats = F.scaled_dot_product_attention(seg_map.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1),
-                                               scale=1.0).squeeze(1)
+        # softmax(S keys^T) V written out: fused attention would take its slow generic path here, because
+        # the query/key width (classes) differs from the value width (channels)
+        feats = torch.matmul(torch.softmax(torch.matmul(seg_map, keys.transpose(-2, -1)), -1), values)
         feats = self.proj_drop(self.mlp_res(feats))
         return seg_map, self.gamma * feats + x
 
@@ -82,13 +83,14 @@ class SemanticLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.class_injection = nn.ModuleList(SemanticAttention(dim, num_classes) for _ in range(num_sem_blocks))
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, H*W, C) -> (semantic map (B, H*W, K), features (B, H*W, C))."""
+    def forward(self, x: torch.Tensor, h: int, w: int, with_map: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """x: (B, H*W, C) -> (semantic map (B, H*W, K) or None when not `with_map`, features (B, H*W, C))."""
         x = self.norm1(x)
         if self.mode == GLOBAL:
             for blk in self.class_injection:
                 seg, x = blk(x)
-            return seg, x
+            return seg if with_map else None, x
         b, _, c = x.shape
         ws = self.window_size
         xw, pad_b, pad_r = pad_to_multiple(x.view(b, h, w, c), ws)
@@ -97,9 +99,13 @@ class SemanticLayer(nn.Module):
         for blk in self.class_injection:
             seg, xw = blk(xw)
         x = window_reverse(xw, ws, hp, wp)
+        if pad_b or pad_r:
+            x = x[:, :h, :w]
+        if not with_map:
+            return None, x.reshape(b, h * w, c)
         seg = window_reverse(seg, ws, hp, wp)
         if pad_b or pad_r:
-            x, seg = x[:, :h, :w], seg[:, :h, :w]
+            seg = seg[:, :h, :w]
         return seg.reshape(b, h * w, self.num_classes), x.reshape(b, h * w, c)
 
 
@@ -125,10 +131,13 @@ class SeMaskStage(nn.Module):
                                if num_sem_blocks > 0 else None)
         self.downsample = PatchMerging(dim) if downsample else None
         self._mask_cache: dict[tuple[int, int, str, bool], torch.Tensor] = {}
+        self.cache_shift_mask = True  # off while exporting: the mask is then traced from the (symbolic) shape
 
     def shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """The shifted-window mask for a (h, w) map, cached by padded size and device."""
         ws = self.window_size
+        if not self.cache_shift_mask:  # traced sizes: no negative floor division (ONNX Div truncates)
+            return shifted_window_mask(h + (ws - h % ws) % ws, w + (ws - w % ws) % ws, ws, self.shift_size, device)
         hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
         key = (hp, wp, str(device), torch.is_inference_mode_enabled())
         mask = self._mask_cache.get(key)
@@ -139,9 +148,9 @@ class SeMaskStage(nn.Module):
             self._mask_cache[key] = mask
         return mask
 
-    def forward(self, x: torch.Tensor, h: int, w: int
+    def forward(self, x: torch.Tensor, h: int, w: int, with_map: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int]:
-        """Returns (stage output, semantic map, input of the next stage, its h, its w)."""
+        """Returns (stage output, semantic map (None when not `with_map`), input of the next stage, its h, w)."""
         mask = self.shift_mask(h, w, x.device) if len(self.blocks) > 1 else None
         for blk in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
@@ -150,7 +159,7 @@ class SeMaskStage(nn.Module):
                 x = blk(x, h, w, mask)
         seg = None
         if self.semantic_layer is not None:
-            seg, x = self.semantic_layer(x, h, w)
+            seg, x = self.semantic_layer(x, h, w, with_map)
         if self.downsample is None:
             return x, seg, x, h, w
         return x, seg, self.downsample(x, h, w), (h + 1) // 2, (w + 1) // 2
@@ -203,14 +212,16 @@ class SeMaskSwinTransformer(nn.Module):
     def no_weight_decay_keywords(self) -> set[str]:
         return {"relative_position_bias_table", "absolute_pos_embed"}
 
-    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, with_semantic_maps: bool = True
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Features res2..res5 and (unless `with_semantic_maps` is False: inference needs none) the semantic maps."""
         x = self.patch_embed(x)
         h, w = x.shape[-2:]
         x = self.pos_drop(x.flatten(2).transpose(1, 2))
         features: dict[str, torch.Tensor] = {}
         sem_maps: dict[str, torch.Tensor] = {}
         for i, stage in enumerate(self.layers):
-            out, seg, x, nh, nw = stage(x, h, w)
+            out, seg, x, nh, nw = stage(x, h, w, with_semantic_maps)
             name = f"res{i + 2}"
             out = getattr(self, f"norm{i}")(out)
             features[name] = out.view(-1, h, w, self.num_features[i]).permute(0, 3, 1, 2).contiguous()

@@ -82,6 +82,9 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.cache_bias = True  # inference caches the gathered bias (+ shift mask); off while exporting
+        self._bias_key: tuple | None = None
+        self._bias: torch.Tensor | None = None
 
     def relative_position_bias(self) -> torch.Tensor:
         """(nH, N, N) bias gathered from the table."""
@@ -89,23 +92,43 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
         return bias.permute(2, 0, 1)
 
+    def attention_bias(self, mask: torch.Tensor | None, num_windows: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive bias for 4-D fused attention: (1, nH, N, N), or with a shift mask (nW, N, N) the sum
+        for every window of the batch, (B * nW, nH, N, N).
+
+        Without gradients (inference) the result is cached until the table changes (its version counter),
+        so it is gathered and summed once per input size instead of in every call."""
+        table = self.relative_position_bias_table
+        cacheable = (self.cache_bias and not (torch.is_grad_enabled() and table.requires_grad)
+                     and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+        key = None
+        if cacheable:
+            key = (table._version, table.data_ptr(), str(table.device), dtype, num_windows,
+                   torch.is_inference_mode_enabled(),
+                   None if mask is None else (mask.data_ptr(), tuple(mask.shape)))
+            if self._bias_key == key:
+                return self._bias
+        bias = self.relative_position_bias().unsqueeze(0)  # 1, nH, N, N
+        if mask is not None:
+            nw = mask.shape[0]
+            bias = bias + mask.unsqueeze(1).to(bias.dtype)  # nW, nH, N, N
+            if num_windows != nw:
+                bias = bias.repeat(num_windows // nw, 1, 1, 1)
+        bias = bias.to(dtype)
+        if key is not None:
+            self._bias_key, self._bias = key, bias
+        return bias
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) additive or None."""
         bw, n, c = x.shape
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        bias = self.relative_position_bias().unsqueeze(0)  # 1, nH, N, N
-        if mask is not None:
-            nw = mask.shape[0]
-            bias = (bias + mask.unsqueeze(1).to(bias.dtype)).unsqueeze(0)  # 1, nW, nH, N, N
-            q = q.view(bw // nw, nw, self.num_heads, n, -1)
-            k = k.view(bw // nw, nw, self.num_heads, n, -1)
-            v = v.view(bw // nw, nw, self.num_heads, n, -1)
         out = F.scaled_dot_product_attention(
-            q * self.scale, k, v, attn_mask=bias.to(q.dtype),
+            q * self.scale, k, v, attn_mask=self.attention_bias(mask, bw, q.dtype),
             dropout_p=self.attn_drop if self.training else 0.0, scale=1.0,
         )
-        out = out.reshape(bw, self.num_heads, n, -1).transpose(1, 2).reshape(bw, n, c)
+        out = out.transpose(1, 2).reshape(bw, n, c)
         return self.proj_drop(self.proj(out))
 
 

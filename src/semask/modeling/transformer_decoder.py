@@ -136,10 +136,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
-    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor) -> dict:
+    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor, with_aux: bool = True) -> dict:
         """x: three multi-scale features (coarsest first); mask_features: (B, mask_dim, H/4, W/4).
 
         Returns {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, H/4, W/4), "aux_outputs": [...]}.
+        with_aux=False (inference) skips what only deep supervision needs: the intermediate class logits
+        and full-resolution masks; the attention masks are then computed from only the mask-feature
+        pixels that their bilinear resize reads (same values, fewer dot products), and "aux_outputs" is [].
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
@@ -153,18 +156,23 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_embed = self.query_embed.weight.unsqueeze(0).expand(bs, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(bs, -1, -1)
         classes, masks = [], []
-        cls, mask, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
-        classes.append(cls)
-        masks.append(mask)
-        for i in range(self.num_layers):
-            level = i % self.num_feature_levels
-            output = self.transformer_cross_attention_layers[i](output, src[level], attn_mask, pos[level], query_embed)
-            output = self.transformer_self_attention_layers[i](output, query_embed)
-            output = self.transformer_ffn_layers[i](output)
-            cls, mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels])
-            classes.append(cls)
-            masks.append(mask)
+        sampled = {} if not with_aux else None  # level -> mask features at the pixels its resize reads
+        for i in range(self.num_layers + 1):
+            if i > 0:
+                level = (i - 1) % self.num_feature_levels
+                output = self.transformer_cross_attention_layers[i - 1](output, src[level], attn_mask, pos[level],
+                                                                        query_embed)
+                output = self.transformer_self_attention_layers[i - 1](output, query_embed)
+                output = self.transformer_ffn_layers[i - 1](output)
+            last = i == self.num_layers
+            target = sizes[i % self.num_feature_levels]
+            if sampled is None or last:
+                cls, mask, attn_mask = self.forward_prediction_heads(output, mask_features, target,
+                                                                     need_attn_mask=not last)
+                classes.append(cls)
+                masks.append(mask)
+            else:
+                attn_mask = self.attention_mask_only(output, mask_features, target, sampled)
         return {
             "pred_logits": classes[-1],
             "pred_masks": masks[-1],
@@ -172,15 +180,57 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         }
 
     def forward_prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor,
-                                 target_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                                 target_size: tuple[int, int], need_attn_mask: bool = True
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Class logits, mask logits and the boolean "may attend" mask (B, 1, Q, h*w) for the next layer."""
         decoder_output = self.decoder_norm(output)
         outputs_class = self.class_embed(decoder_output)
         mask_embed = self.mask_embed(decoder_output)
         outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
-        with torch.no_grad():
-            attn = F.interpolate(outputs_mask.detach(), size=target_size, mode="bilinear", align_corners=False)
-            blocked = attn.sigmoid().flatten(2) < 0.5
-            blocked = blocked & ~blocked.all(-1, keepdim=True)
-            allowed = (~blocked).unsqueeze(1)
+        allowed = None
+        if need_attn_mask:
+            with torch.no_grad():
+                allowed = self._allowed(outputs_mask.detach(), target_size)
         return outputs_class, outputs_mask, allowed
+
+    def attention_mask_only(self, output: torch.Tensor, mask_features: torch.Tensor, target_size: tuple[int, int],
+                            sampled: dict) -> torch.Tensor:
+        """The next layer's attention mask without the full-resolution mask logits (inference).
+
+        A bilinear (align_corners=False) resize by an even integer factor f reads, for output row i, the
+        two input rows f*i + f/2 - 1 and f*i + f/2 with weights 1/2 each (likewise for columns). The mask
+        logits are computed on those rows and columns only, and resized by 2: the same inputs and the
+        same interpolation weights as resizing the full map. Other factors take the full path.
+        """
+        h4, w4 = mask_features.shape[-2:]
+        th, tw = target_size
+        fh, fw = h4 // max(th, 1), w4 // max(tw, 1)
+        if th * fh != h4 or tw * fw != w4 or fh % 2 or fw % 2:
+            return self.forward_prediction_heads(output, mask_features, target_size)[2]
+        feats = sampled.get(target_size)
+        if feats is None:
+            feats = mask_features
+            if fh > 2:
+                rows = _resize_taps(th, fh, mask_features.device)
+                feats = feats.index_select(2, rows)
+            if fw > 2:
+                cols = _resize_taps(tw, fw, mask_features.device)
+                feats = feats.index_select(3, cols)
+            sampled[target_size] = feats
+        mask_embed = self.mask_embed(self.decoder_norm(output))
+        with torch.no_grad():
+            return self._allowed(torch.einsum("bqc,bchw->bqhw", mask_embed, feats), target_size)
+
+    @staticmethod
+    def _allowed(mask_logits: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
+        """sigmoid(resized logits) >= 0.5, and everywhere for a query whose mask is empty: (B, 1, Q, h*w)."""
+        attn = F.interpolate(mask_logits, size=target_size, mode="bilinear", align_corners=False)
+        blocked = attn.sigmoid().flatten(2) < 0.5
+        blocked = blocked & ~blocked.all(-1, keepdim=True)
+        return (~blocked).unsqueeze(1)
+
+
+def _resize_taps(size: int, factor: int, device: torch.device) -> torch.Tensor:
+    """Input indices read by an even-factor bilinear downsampling to `size`: f*i + f/2 - 1 and f*i + f/2."""
+    first = torch.arange(size, device=device) * factor + factor // 2 - 1
+    return torch.stack((first, first + 1), 1).flatten()
