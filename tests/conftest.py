@@ -80,26 +80,37 @@ def golden_city() -> Golden:
     return Golden("golden_mini_city", require_reference("golden_mini_city"))
 
 
+# A very small SeMask Mask2Former (all parts present, every size > 0) as dotted overrides.
+TINY_OVERRIDES = {
+    "model.backbone.embed_dim": 16, "model.backbone.depths": [2, 2, 2, 2],
+    "model.backbone.num_heads": [1, 2, 2, 4], "model.backbone.window_size": 4,
+    "model.backbone.sem_window_size": 4, "model.backbone.drop_path_rate": 0.0,
+    "model.pixel_decoder.conv_dim": 32, "model.pixel_decoder.mask_dim": 32,
+    "model.pixel_decoder.transformer_enc_layers": 1, "model.pixel_decoder.transformer_nheads": 4,
+    "model.pixel_decoder.transformer_dim_feedforward": 64,
+    "model.decoder.hidden_dim": 32, "model.decoder.nheads": 4, "model.decoder.dim_feedforward": 64,
+    "model.decoder.num_queries": 8, "model.decoder.dec_layers": 4,
+}
+
+
 def tiny_config(num_classes: int = 5, **overrides):
-    """A very small SeMask Mask2Former config for fast CPU tests (all parts present, every size > 0)."""
+    """The tiny model as a Config for fast CPU tests (few loss points too)."""
     from semask.config import load_config
 
-    base = {
-        "model.num_classes": num_classes,
-        "model.backbone.embed_dim": 16, "model.backbone.depths": [2, 2, 2, 2],
-        "model.backbone.num_heads": [1, 2, 2, 4], "model.backbone.window_size": 4,
-        "model.backbone.sem_window_size": 4, "model.backbone.drop_path_rate": 0.0,
-        "model.pixel_decoder.conv_dim": 32, "model.pixel_decoder.mask_dim": 32,
-        "model.pixel_decoder.transformer_enc_layers": 1, "model.pixel_decoder.transformer_nheads": 4,
-        "model.pixel_decoder.transformer_dim_feedforward": 64,
-        "model.decoder.hidden_dim": 32, "model.decoder.nheads": 4, "model.decoder.dim_feedforward": 64,
-        "model.decoder.num_queries": 8, "model.decoder.dec_layers": 4,
-        "loss.num_points": 256,
-    }
-    base.update(overrides)
-    return load_config("semask-tiny-ade20k", base)
+    return load_config("semask-tiny-ade20k", {**TINY_OVERRIDES, "model.num_classes": num_classes,
+                                              "loss.num_points": 256, **overrides})
 
 
 @pytest.fixture
 def tiny_cfg():
     return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot when other work shares the CPU.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

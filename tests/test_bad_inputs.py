@@ -37,12 +37,7 @@ SMALL = {"data.min_size_train": [64], "data.max_size_train": 256, "data.crop_siz
          "solver.ims_per_batch": 2, "loss.num_points": 128}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- the files

@@ -11,19 +11,9 @@ import torch
 from semask.benchmark import count_flops, run_benchmark, voronoi_label_maps
 from semask.cli import main
 
-from conftest import tiny_config
+from conftest import TINY_OVERRIDES, tiny_config
 
-TINY = {
-    "model.num_classes": 5,
-    "model.backbone.embed_dim": 16, "model.backbone.depths": [2, 2, 2, 2],
-    "model.backbone.num_heads": [1, 2, 2, 4], "model.backbone.window_size": 4,
-    "model.backbone.sem_window_size": 4, "model.backbone.drop_path_rate": 0.0,
-    "model.pixel_decoder.conv_dim": 32, "model.pixel_decoder.mask_dim": 32,
-    "model.pixel_decoder.transformer_enc_layers": 1, "model.pixel_decoder.transformer_nheads": 4,
-    "model.pixel_decoder.transformer_dim_feedforward": 64,
-    "model.decoder.hidden_dim": 32, "model.decoder.nheads": 4, "model.decoder.dim_feedforward": 64,
-    "model.decoder.num_queries": 8, "model.decoder.dec_layers": 4,
-}
+TINY = {"model.num_classes": 5, **TINY_OVERRIDES}
 
 
 def _overrides() -> list[str]:

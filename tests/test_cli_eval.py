@@ -20,13 +20,7 @@ from semask.data import build_dataset
 from semask.engine.evaluator import evaluate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when other work shares the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NAMES = ["sky", "road", "tree", "car", "person"]

@@ -19,13 +19,7 @@ from semask.io import image_to_tensor, read_image, read_label
 from semask.preprocess import resize_image, shortest_edge_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when other work shares the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_pair(root: Path, stem: str, image: np.ndarray, stored_label: np.ndarray, split: str = "validation") -> Path:

@@ -47,13 +47,7 @@ FAULT_CFG = {"data.min_size_train": [48, 64, 96], "data.max_size_train": 256, "d
              "solver.log_period": 1, "model.backbone.drop_path_rate": 0.1, "solver.base_lr": 1e-3, "seed": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The subprocesses run one thread; so does this process, for bit-identical arithmetic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

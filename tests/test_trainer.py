@@ -25,13 +25,6 @@ def scenes(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("scenes"), 4, 0, 64, seed=0)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine's cores are shared: one thread avoids spinning barriers
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_tiny_model_overfits_two_images(tmp_path, one_thread):
     from semask.data import build_dataset

@@ -114,3 +114,11 @@ def add_common_model_args(p: argparse.ArgumentParser, weights_required: bool = T
     p.add_argument("--weights", "-w", required=weights_required,
                    help="weights file: detectron2 model_final.pth, a state_dict .pth, or our .safetensors")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+
+
+def check_overrides(items: list[str]) -> list[str]:
+    """Trailing positional arguments must all be KEY=VALUE config overrides."""
+    bad = [o for o in items if "=" not in o]
+    if bad:
+        raise CommandError(f"unexpected argument(s) {' '.join(bad)}; config overrides look like KEY=VALUE")
+    return items

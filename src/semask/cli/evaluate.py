@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import CommandError, add_common_model_args
+from . import CommandError, add_common_model_args, check_overrides
 
 log = logging.getLogger("semask.eval")
 
@@ -61,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import format_table, json_safe
     from ..weights import config_for, load_model
 
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise CommandError(f"unexpected argument(s) {' '.join(bad)}; config overrides look like KEY=VALUE")
+    check_overrides(args.overrides)
     if args.workers is not None and args.workers < 0:
         raise CommandError(f"--workers must be >= 0, got {args.workers}")
     # the config and the dataset's layout and class count are checked before the model is loaded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 
-from . import CommandError
+from . import CommandError, check_overrides
 
 EXAMPLE = """examples:
   semask make-synthetic data/scenes
@@ -45,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import CheckpointError
     from ..engine.trainer import Trainer, TrainingError
 
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise CommandError(f"unexpected argument {bad[0]!r}: overrides look like KEY=VALUE")
+    check_overrides(args.overrides)
     if args.max_iter is not None and args.max_iter < 1:
         raise CommandError(f"--max-iter must be >= 1, got {args.max_iter}")
     cfg = load_config(args.config, args.overrides)

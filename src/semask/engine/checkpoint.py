@@ -17,7 +17,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import numpy as np
 import torch
@@ -45,13 +45,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save `obj` to `path` via a temporary file + fsync + os.replace."""
+def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[IO], None]) -> Path:
+    """Write through a temporary file + fsync + os.replace; the temporary file is removed on failure."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -60,22 +60,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save `obj` to `path` atomically: a reader sees the old file or the complete new one."""
+    return _atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """Write `text` to `path` atomically."""
+    return _atomic_write(path, "w", lambda f: f.write(text))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
