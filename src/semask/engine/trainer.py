@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,8 @@ def point_seed(seed: int, position: int) -> int:
 
 def check_writable(folder: Path) -> None:
     """Create `folder` and prove a file can be written there, or raise TrainingError."""
+    if folder.exists() and not folder.is_dir():
+        raise TrainingError(f"the output folder {folder} is a file; choose another --output")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write_test_{os.getpid()}"
@@ -100,12 +102,14 @@ class Trainer:
 
     `model`, `train_dataset` and `val_dataset` may be given to override what the config would build
     (the demo and tests do). `device`: default cuda:LOCAL_RANK when available, else cpu.
+    `should_stop(iterations_done)`, asked after every iteration (e.g. a time budget), stops the run as
+    SIGTERM does when it returns True: checkpoint, status "interrupted", `signal` None.
     """
 
     def __init__(self, cfg: Config | str, data_root: str | os.PathLike | None, output_dir: str | os.PathLike,
                  resume: bool = False, max_iter: int | None = None, device: str | torch.device | None = None,
                  model: nn.Module | None = None, train_dataset: Any = None, val_dataset: Any = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, should_stop: Callable[[int], bool] | None = None) -> None:
         cfg = load_config(cfg) if not isinstance(cfg, Config) else cfg
         if max_iter is not None:
             cfg = cfg.replace({"solver.max_iter": int(max_iter)})
@@ -120,6 +124,7 @@ class Trainer:
         self._val_dataset = val_dataset
         self.progress_tty = progress
         self._signal: int | None = None
+        self.should_stop = should_stop
         self.val_dataset: Any = None
 
     # ------------------------------------------------------------------ set-up
@@ -319,7 +324,9 @@ class Trainer:
                 total_loss = sum(values)
 
                 flags = torch.tensor([0.0 if math.isfinite(total_loss) else 1.0,
-                                      1.0 if self._signal is not None else 0.0], device=device)
+                                      1.0 if self._signal is not None or (
+                                          self.should_stop is not None and self.should_stop(iteration + 1))
+                                      else 0.0], device=device)
                 if distributed:
                     du.all_reduce_sum(flags)
                     flags = flags.cpu()
