@@ -248,3 +248,25 @@ def test_reference_losses_from_the_golden_model(golden_ade):
     with torch.no_grad():
         outputs = model(inputs["images"], with_semantic=True)
     _check_against_reference(outputs, expected, inputs, points, model.config)
+
+
+def test_cate_from_stride4_logits_equals_full_resolution():
+    """The model's training output ("sem_seg_fused", upsampled in bands by the criterion) gives the same
+    cate loss and gradient as the full-resolution logits, with ignored and padded label pixels."""
+    out, labels, g = _synthetic(k=3, num_aux=0, h=24, w=36)
+    labels = labels[:, :22, :31]  # smaller than the padded logits: padded with the ignore value
+    targets = targets_from_label_maps(labels, 3)
+    crit = build_criterion(tiny_loss_cfg(num_points=16), num_classes=3)
+    fused = torch.randn(2, 3, 6, 9, generator=g, requires_grad=True)
+    full = SemanticHead.upsample(fused)
+    plain = dict(out, sem_seg_logits=full)
+    banded = dict(out, sem_seg_fused=fused)
+    both = dict(out, sem_seg_fused=fused, sem_seg_logits=full.detach() * 0)  # the stride-4 map is used
+    a = crit.unweighted(plain, targets, labels)["loss_cate"]
+    (ga,) = torch.autograd.grad(a, fused)
+    b = crit.unweighted(banded, targets, labels)["loss_cate"]
+    (gb,) = torch.autograd.grad(b, fused)
+    c = crit.unweighted(both, targets, labels)["loss_cate"]
+    a, b, c = float(a.detach()), float(b.detach()), float(c.detach())
+    assert a > 0 and b == pytest.approx(a, rel=1e-6) and c == b
+    assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-7)

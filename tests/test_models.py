@@ -49,7 +49,7 @@ def _loss(out: dict) -> torch.Tensor:
     total = out["pred_logits"].float().logsumexp(-1).mean() + out["pred_masks"].float().sigmoid().mean()
     for aux in out["aux_outputs"]:
         total = total + aux["pred_logits"].float().logsumexp(-1).mean() + aux["pred_masks"].float().sigmoid().mean()
-    return total + out["sem_seg_logits"].float().logsumexp(1).mean()
+    return total + out["sem_seg_fused"].float().logsumexp(1).mean()
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -61,7 +61,7 @@ def test_preset_forward_backward(name):
     assert out["pred_logits"].shape == (2, 6, k + 1)
     assert out["pred_masks"].shape == (2, 6, 16, 16)
     assert len(out["aux_outputs"]) == 2
-    assert out["sem_seg_logits"].shape == (2, k, 64, 64)
+    assert out["sem_seg_fused"].shape == (2, k, 16, 16)
     loss = _loss(out)
     assert torch.isfinite(loss)
     loss.backward()

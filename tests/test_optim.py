@@ -115,3 +115,36 @@ def test_unknown_optimizer_or_schedule_is_a_config_error():
     opt = build_optimizer(model, load_config("semask-tiny-ade20k").solver)
     with pytest.raises(ConfigError, match="solver.lr_scheduler"):
         build_scheduler(opt, load_config("semask-tiny-ade20k", {"solver.lr_scheduler": "cosine"}).solver)
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_reference_loop():
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    solver = load_config("semask-tiny-ade20k").solver
+    fused = build_optimizer(nets[0], solver)
+    assert all(g["fused"] for g in fused.param_groups)
+    loop = torch.optim.AdamW(param_groups(nets[1], solver.base_lr, solver.weight_decay), lr=solver.base_lr)
+    x = torch.randn(4, 6)
+    for _ in range(3):
+        for net, opt in zip(nets, (fused, loop)):
+            net(x).square().sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for a, b, a0 in zip(nets[0].parameters(), nets[1].parameters(), start):
+        assert not torch.equal(a, a0)  # it stepped
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_adamw_falls_back_where_there_is_no_fused_kernel(monkeypatch):
+    real = torch.optim.AdamW
+
+    def no_fused(params, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    opt = build_optimizer(nn.Linear(3, 3), load_config("semask-tiny-ade20k").solver)
+    assert isinstance(opt, real) and not opt.param_groups[0]["fused"]

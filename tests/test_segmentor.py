@@ -97,9 +97,21 @@ def test_output_size_resizes_scores(golden_ade):
 
 def test_training_mode_outputs_semantic_logits(golden_ade):
     model = golden_ade.model().train()
-    out = model(torch.rand(2, 3, 64, 96) * 255)
-    assert out["sem_seg_logits"].shape == (2, 150, 64, 96)
+    x = torch.rand(2, 3, 64, 96) * 255
+    out = model(x)
+    assert out["sem_seg_fused"].shape == (2, 150, 16, 24)  # stride 4: the loss upsamples it in bands
+    assert "sem_seg_logits" not in out
     assert out["pred_masks"].shape[-2:] == (16, 24)
+    torch.manual_seed(0)  # the same drop-path draws
+    out = model(x)
+    torch.manual_seed(0)
+    full = model(x, with_semantic=True)
+    assert torch.equal(full["sem_seg_fused"], out["sem_seg_fused"])
+    assert full["sem_seg_logits"].shape == (2, 150, 64, 96)
+    assert torch.equal(full["sem_seg_logits"], model.semantic_head.upsample(out["sem_seg_fused"]))
+    model.eval()
+    with torch.no_grad():
+        assert "sem_seg_fused" not in model(x) and "sem_seg_logits" not in model(x)
 
 
 def test_bad_image_shape_is_a_clear_error(golden_ade):

@@ -198,8 +198,9 @@ def run_benchmark(config="semask-tiny-ade20k", size: int = 512, batch: int = 1, 
         label_maps = voronoi_label_maps(batch, size, cfg.model.num_classes, generator=gen).to(dev)
         targets = targets_from_label_maps(label_maps, cfg.model.num_classes, cfg.data.ignore_value)
         criterion = build_criterion(cfg).to(dev)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.solver.base_lr,
-                                      weight_decay=cfg.solver.weight_decay)
+        from .engine.optim import adamw
+
+        optimizer = adamw(model.parameters(), lr=cfg.solver.base_lr, weight_decay=cfg.solver.weight_decay)
         step = training_step(model, criterion, optimizer, images, targets, label_maps, dev, torch_dtype)
     if compile:
         _compile(model)

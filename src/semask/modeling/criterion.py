@@ -9,6 +9,9 @@ own by the Hungarian matcher):
   loss_dice  dice loss (smoothing +1) on the same points, summed over masks / number of target masks;
   loss_cate  SeMask: cross-entropy of the semantic head's logits against the label map (ignore value
              excluded), final prediction only; auxiliary predictions report a zero of shape (1,).
+             From "sem_seg_fused" (the head's stride-4 logits, what the model gives in training) the 4x
+             upsampling and the cross-entropy are computed band by band (`upsampled_cross_entropy`);
+             from "sem_seg_logits" alone (full resolution) directly. Both give the same loss.
 Keys: loss_ce, loss_cate, loss_mask, loss_dice, then the same with `_0`, `_1`, ... for the auxiliary
 predictions (earliest first). `forward` returns them multiplied by their weights.
 
@@ -28,6 +31,8 @@ from torch import nn
 
 from .matcher import HungarianMatcher, Indices
 from .point_sampling import PointSampler, point_sample, uncertain_point_coords
+from .semantic_head import UPSAMPLE_FACTOR
+from .upsampled_cross_entropy import upsampled_cross_entropy
 
 LOSS_NAMES = ("loss_ce", "loss_cate", "loss_mask", "loss_dice")
 
@@ -92,11 +97,17 @@ class SetCriterion(nn.Module):
             raise ValueError(f"{len(targets)} targets for a batch of {bs}")
         matched = sum(min(n, num_queries) for n in counts)
         normalisers = [float(sum(counts)), matched + self.no_object_weight * (bs * num_queries - matched), 0.0]
-        sem_logits = outputs.get("sem_seg_logits")
+        sem_logits = outputs.get("sem_seg_fused")
+        banded = sem_logits is not None
+        if not banded:
+            sem_logits = outputs.get("sem_seg_logits")
         if sem_logits is not None:
             if label_maps is None:
                 raise ValueError("outputs have semantic logits: pass the label maps for the cate loss")
-            label_maps = self._fit_label_maps(label_maps.to(device), sem_logits.shape[-2:])
+            size = sem_logits.shape[-2:]
+            if banded:
+                size = (size[0] * UPSAMPLE_FACTOR, size[1] * UPSAMPLE_FACTOR)
+            label_maps = self._fit_label_maps(label_maps.to(device), size)
             normalisers[2] = float((label_maps != self.ignore_value).sum())
         num_masks, ce_norm, cate_norm = self._average_over_workers(normalisers, device)
         num_masks = max(num_masks, 1.0)
@@ -109,7 +120,7 @@ class SetCriterion(nn.Module):
                 indices_out[key] = indices
             losses["loss_ce" + suffix] = self.loss_labels(pred["pred_logits"], targets, indices, ce_norm)
             if key == "final" and sem_logits is not None:
-                losses["loss_cate"] = self.loss_cate(sem_logits, label_maps, cate_norm)
+                losses["loss_cate"] = self.loss_cate(sem_logits, label_maps, cate_norm, banded)
             else:
                 losses["loss_cate" + suffix] = torch.zeros(1, device=device)
             mask_loss, dice_loss = self.loss_masks(pred["pred_masks"], targets, indices, num_masks, key)
@@ -161,9 +172,14 @@ class SetCriterion(nn.Module):
         dice_loss = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
         return mask_loss, dice_loss
 
-    def loss_cate(self, sem_logits: torch.Tensor, label_maps: torch.Tensor, normaliser: float) -> torch.Tensor:
-        """Cross-entropy of the semantic head's logits (B, K, H, W) against the label maps (ignore excluded)."""
-        loss = F.cross_entropy(sem_logits.float(), label_maps, ignore_index=self.ignore_value, reduction="sum")
+    def loss_cate(self, sem_logits: torch.Tensor, label_maps: torch.Tensor, normaliser: float,
+                  upsample: bool = False) -> torch.Tensor:
+        """Cross-entropy of the semantic head's logits (B, K, H, W) against the label maps (ignore excluded).
+        upsample=True: `sem_logits` are the stride-4 logits (B, K, H / 4, W / 4), upsampled in bands."""
+        if upsample:
+            loss = upsampled_cross_entropy(sem_logits, label_maps, self.ignore_value)
+        else:
+            loss = F.cross_entropy(sem_logits.float(), label_maps, ignore_index=self.ignore_value, reduction="sum")
         return loss / max(normaliser, 1.0)
 
     # ------------------------------------------------------------------ helpers

@@ -32,7 +32,8 @@ class SeMaskMask2Former(nn.Module):
     """SeMask Mask2Former for semantic segmentation.
 
     forward(images) returns the raw outputs (class logits, mask logits, auxiliary predictions and, in
-    training or on request, the semantic head's logits). `predict` returns per-class scores.
+    training or on request, the semantic head's logits: stride 4 in training, and also at full
+    resolution on request). `predict` returns per-class scores.
     """
 
     def __init__(self, backbone: SeMaskSwinTransformer, pixel_decoder: MSDeformAttnPixelDecoder,
@@ -82,27 +83,38 @@ class SeMaskMask2Former(nn.Module):
             x[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
         return x, sizes
 
-    def forward_features(self, x: torch.Tensor, with_semantic: bool, with_aux: bool = True) -> dict:
+    def forward_features(self, x: torch.Tensor, with_semantic: bool, with_aux: bool = True,
+                         full_semantic: bool = True) -> dict:
         """Network outputs for an already normalised and padded batch (B, 3, H, W).
 
-        with_aux=False skips the auxiliary predictions (deep supervision only; "aux_outputs" is then [])."""
+        with_semantic: run the semantic head ("sem_seg_fused", stride 4); full_semantic: also its 4x
+        upsampling ("sem_seg_logits"). with_aux=False skips the auxiliary predictions (deep supervision
+        only; "aux_outputs" is then [])."""
         features, sem_maps = self.backbone(x, with_semantic_maps=with_semantic)
         names = sorted(features, key=lambda k: int(k[3:]))
         mask_features, multi_scale = self.sem_seg_head.pixel_decoder([features[k] for k in names])
         out = self.sem_seg_head.predictor(multi_scale, mask_features, with_aux=with_aux)
         if with_semantic and sem_maps:
-            out["sem_seg_logits"] = self.semantic_head([sem_maps[k] for k in names])
+            fused = self.semantic_head.fuse([sem_maps[k] for k in names])
+            out["sem_seg_fused"] = fused
+            if full_semantic:
+                out["sem_seg_logits"] = self.semantic_head.upsample(fused)
         return out
 
     def forward(self, images: torch.Tensor | Sequence[torch.Tensor], with_semantic: bool | None = None,
                 with_aux: bool = True) -> dict:
         """Raw outputs for images in 0..255; adds "image_sizes" and "padded_size".
 
-        The semantic head (the "cate" training signal) runs in training mode, or when `with_semantic`.
-        with_aux=False (inference) skips the auxiliary predictions.
+        The semantic head (the "cate" training signal) runs in training mode, or when `with_semantic`:
+        "sem_seg_fused" (B, K, Hpad / 4, Wpad / 4) is its output before the final 4x bilinear upsampling
+        (align_corners=True), and with `with_semantic=True` "sem_seg_logits" (B, K, Hpad, Wpad) is that
+        upsampling. Training mode alone gives only "sem_seg_fused": the criterion upsamples it band by
+        band, so the full-resolution map is never held. with_aux=False (inference) skips the auxiliary
+        predictions.
         """
         x, sizes = self.preprocess(images)
-        out = self.forward_features(x, self.training if with_semantic is None else with_semantic, with_aux)
+        semantic = self.training if with_semantic is None else with_semantic
+        out = self.forward_features(x, semantic, with_aux, full_semantic=bool(with_semantic))
         out["image_sizes"] = sizes
         out["padded_size"] = (int(x.shape[-2]), int(x.shape[-1]))
         return out
