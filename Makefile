@@ -1,25 +1,31 @@
 # Two entry points: `make demo` (train + show a small SeMask model, no data or weights needed)
-# and `make test` (the test suite). Both create .venv in the repo root on first use.
+# and `make test` (the test suite). Both create .venv in the repo root on first use; the demo installs
+# only what the package needs, the tests add their extras (pytest, hypothesis, onnx, onnxruntime).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
+TESTDEPS := $(VENV)/.installed-test
 
 .PHONY: install test demo clean
 
-install: $(STAMP)
+install: $(BASE)
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on these machines torch==2.13.0 is a local CPU wheel
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,export]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e .
+	touch $(BASE)
 
-test: $(STAMP)
+$(TESTDEPS): $(BASE)
+	$(PY) -m pip install -q -e '.[test,export]'
+	touch $(TESTDEPS)
+
+test: $(TESTDEPS)
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(VENV)/bin/semask demo
 
 clean:
