@@ -1,6 +1,7 @@
 # Two entry points: `make demo` (train + show a small SeMask model, no data or weights needed)
 # and `make test` (the test suite). Both create .venv in the repo root on first use; the demo installs
 # only what the package needs, the tests add their extras (pytest, hypothesis, onnx, onnxruntime).
+# `make demo DEMO_ARGS="--seed 1 --output runs/demo1"` passes options to `semask demo`.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -26,7 +27,7 @@ test: $(TESTDEPS)
 	$(PY) -m pytest -q
 
 demo: $(BASE)
-	$(VENV)/bin/semask demo
+	$(VENV)/bin/semask demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
