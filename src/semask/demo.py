@@ -1,7 +1,7 @@
 """The embedded default: train a small SeMask Mask2Former on generated scenes, evaluate it, show it.
 
     from semask.demo import run_demo
-    result = run_demo("runs/demo", minutes=7, seed=0)
+    result = run_demo("runs/demo", minutes=9, seed=0)
     print(result.metrics["mIoU"], result.files["grid"])
 
 Everything is the real pipeline, only small: the synthetic scene dataset
@@ -38,7 +38,7 @@ log = logging.getLogger("semask.demo")
 
 PRESET = "demo"
 DEFAULT_OUTPUT = "runs/demo"
-DEFAULT_MINUTES = 7.0
+DEFAULT_MINUTES = 9.0
 NUM_TRAIN = 1000            # generated training scenes (the stream cycles through them)
 NUM_VAL = 50                # held-out scenes, evaluated at the end
 CALIBRATION_ITERS = 4       # timed training iterations (the first one, warm-up, is not counted)
@@ -336,7 +336,7 @@ def summary(result: DemoResult) -> str:
     if result.status == "out_of_time":
         lines.append(f"the time budget ran out at iteration {result.iteration} of {result.max_iter}; run the "
                      "same command again to finish the planned schedule")
-    lines += [f"  {label:<16}{path}" for label, path in (
+    lines += [f"  {label:<18}{path}" for label, path in (
         ("predictions:", result.files["grid"]), ("training curves:", result.files["curves"]),
         ("metrics:", result.files["metrics"]), ("weights:", result.files["weights"]))]
     lines.append(f"try: semask predict --weights {result.files['weights']} YOUR_IMAGE.png --output preds/")
