@@ -123,3 +123,16 @@ def test_torchrun_two_processes_gather_the_same_numbers(setup, tmp_path):
     assert record["per_class"] == single["per_class"]
     assert sorted(p.name for p in preds.iterdir()) == ["val0.png", "val1.png", "val2.png"]
     assert proc.stdout.count("mIoU") == 1  # only rank 0 prints the table
+
+
+def test_unwritable_outputs_are_refused_before_evaluating(setup, tmp_path, capsys, monkeypatch):
+    import semask.engine.evaluator as evaluator
+
+    _, weights, root, _ = setup
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setattr(evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking outputs"))
+    for flag, target in (("--json", blocker / "m.json"), ("--save-predictions", blocker / "preds")):
+        assert main(["eval", "-w", str(weights), "--data", str(root), flag, str(target)]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and str(blocker) in err and len(err.strip().splitlines()) == 1

@@ -320,7 +320,7 @@ def test_disk_full_while_writing_the_final_weights(setup, tmp_path, reference, m
     lines = [line for line in err.splitlines() if line.startswith("semask train: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert f"{out / 'model_final.safetensors'}: cannot write weights" in lines[0] and "No space left" in lines[0]
-    assert not (out / "model_final.safetensors").exists() and not list(out.glob("*.tmp"))
+    assert not (out / "model_final.safetensors").exists() and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     assert load_checkpoint(CheckpointManager(out).latest())["iteration"] == MAX_ITER  # training is saved
 
     assert main(train_argv(setup, out, "--resume")) == 0  # nothing left to train: writes the final weights

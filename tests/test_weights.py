@@ -64,7 +64,7 @@ def test_safetensors_round_trip_is_exact(tiny, tmp_path: Path):
     ckpt = read_checkpoint(path)
     assert ckpt.format == "safetensors" and ckpt.config == cfg and ckpt.extra["note"] == "x"
     assert all(torch.equal(ckpt.state_dict[k], v) for k, v in tiny.state_dict().items())
-    assert not (tmp_path / "tiny.safetensors.tmp").exists()
+    assert not (tmp_path / ".tiny.safetensors.tmp").exists()
     loaded = load_model(None, path)  # config from the file
     image = torch.rand(1, 3, 45, 61) * 255
     with torch.no_grad():

@@ -195,7 +195,7 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike
         ptr = v.untyped_storage().data_ptr()
         sd[k] = v.clone() if ptr in seen and v.numel() else v
         seen.add(ptr)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # hidden, like checkpoints: a stale one is removed on the next run
     if not path.parent.is_dir():
         raise WeightsError(f"{path}: cannot write weights, folder {path.parent} does not exist")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import sys
 from pathlib import Path
@@ -55,6 +56,17 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
     return du.get_rank(), du.get_world_size(), device
 
 
+def _check_writable(folder: Path, flag: str) -> None:
+    """Create `folder` and prove a file can be written in it, or raise CommandError naming `flag`."""
+    probe = folder / f".semask_write_test_{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CommandError(f"cannot write to {folder} ({flag}): {e.strerror or e}; choose another path") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset
     from ..engine.evaluator import evaluate
@@ -73,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     dataset = build_dataset(cfg, split, root)
     if len(dataset) == 0:
         raise CommandError(f"{root}: split {split!r} has no images")
+    # the outputs are checked before the (possibly long) evaluation, not after it
+    if args.json:
+        _check_writable(Path(args.json).parent, "--json")
+    if args.save_predictions:
+        _check_writable(Path(args.save_predictions), "--save-predictions")
     rank, world, device = _init_distributed(args.device)
     model = load_model(cfg, args.weights, device)
     if rank == 0:
