@@ -93,3 +93,21 @@ def test_cached_attention_bias_equals_fresh_and_follows_the_table():
     out = attn.train()(x, mask)
     out.sum().backward()
     assert attn.relative_position_bias_table.grad is not None
+
+
+def test_cached_bias_is_dropped_after_a_fused_optimizer_step():
+    """A fused AdamW step changes the table without bumping its version counter: the next evaluation must
+    still use the new table (train() / eval() drop the cache)."""
+    torch.manual_seed(5)
+    attn = WindowAttention(dim=8, window_size=3, num_heads=2)
+    x = torch.randn(4, 9, 8)
+    with torch.no_grad():
+        attn.eval()(x)  # fills the cache
+    attn.train()
+    attn(x).square().sum().backward()
+    torch.optim.AdamW(attn.parameters(), lr=0.1, fused=True).step()
+    with torch.no_grad():
+        after = attn.eval()(x)
+        attn.cache_bias = False
+        uncached = attn(x)
+    assert torch.equal(after, uncached)

@@ -97,7 +97,9 @@ class WindowAttention(nn.Module):
         for every window of the batch, (B * nW, nH, N, N).
 
         Without gradients (inference) the result is cached until the table changes (its version counter),
-        so it is gathered and summed once per input size instead of in every call."""
+        so it is gathered and summed once per input size instead of in every call. Switching between train
+        and eval mode drops the cache too: fused optimizer steps update parameters without bumping their
+        version counters."""
         table = self.relative_position_bias_table
         cacheable = (self.cache_bias and not (torch.is_grad_enabled() and table.requires_grad)
                      and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
@@ -118,6 +120,10 @@ class WindowAttention(nn.Module):
         if key is not None:
             self._bias_key, self._bias = key, bias
         return bias
+
+    def train(self, mode: bool = True) -> "WindowAttention":
+        self._bias_key, self._bias = None, None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) additive or None."""
