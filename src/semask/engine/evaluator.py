@@ -148,10 +148,9 @@ def evaluate(model: torch.nn.Module, dataset, cfg, tta: bool = False, device: st
             _index, image, label, path, label_path = item
             size = (int(label.shape[0]), int(label.shape[1]))
             if tta_predictor is not None:
-                scores = tta_predictor.scores(image)
-            else:
-                scores = net.predict([image.to(device, non_blocking=True)], output_sizes=[size])[0]
-            pred = scores.argmax(0)
+                pred = tta_predictor.scores(image).argmax(0)
+            else:  # the argmax of the scores, computed in bands without holding the (K, H, W) scores
+                pred = net.predict_labels([image.to(device, non_blocking=True)], output_sizes=[size])[0]
             try:
                 conf.update(pred, torch.from_numpy(label))
             except ValueError as e:
