@@ -50,14 +50,17 @@ class Checkpoint:
 
 
 def _torch_load(path: Path, trust_pickle: bool = False) -> Any:
-    if trust_pickle:
+    """torch.load through its weights-only unpickler. Only the explicit, documented-as-dangerous
+    `--trust-pickle` (trust_pickle=True) uses the full unpickler, with a warning."""
+    try:
+        if not trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=True)
         import logging
 
         logging.getLogger("semask.weights").warning(
             "%s: loading with --trust-pickle: any code inside the file runs now. Only do this for files "
             "from a source you trust.", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        return torch.load(path, map_location="cpu", weights_only=False)  # --trust-pickle only
     except FileNotFoundError:
         raise WeightsError(f"{path}: weights file not found") from None
     except PermissionError as e:
