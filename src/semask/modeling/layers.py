@@ -9,18 +9,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lean_ffn import gelu_mlp, use_lean_ffn
+
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Dropout -> Linear -> Dropout (the transformer-block MLP of Swin)."""
+    """Linear -> GELU -> Dropout -> Linear -> Dropout (the transformer-block MLP of Swin).
 
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
+    In training without dropout it runs `lean_ffn.gelu_mlp`: the same forward, but backward keeps only
+    the input and fc1's output (`save_hidden=True`) or only the input (`save_hidden=False`, fc1 is
+    recomputed in backward) instead of also GELU's output (and the preceding norm's output, when the
+    norm is passed to `forward`).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, save_hidden: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
+        self.save_hidden = save_hidden
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:
+        """mlp(x), or mlp(norm(x)) with a norm (then the lean path recomputes the norm's output too)."""
+        if use_lean_ffn(self, self.drop.p, x):
+            return gelu_mlp(x, self.fc1, self.fc2, self.save_hidden, norm)
+        if norm is not None:
+            x = norm(x)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 

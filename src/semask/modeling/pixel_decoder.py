@@ -14,11 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import ConvNorm, PositionEncodingCache, c2_xavier_fill
+from .lean_ffn import norm_relu_ffn, use_lean_ffn
 from .ms_deform_attn import MSDeformAttn
 
 
 class MSDeformAttnEncoderLayer(nn.Module):
-    """Post-norm encoder layer: deformable self-attention, then a ReLU FFN."""
+    """Post-norm encoder layer: deformable self-attention, then a ReLU FFN.
+
+    In training without dropout norm1 and the FFN run as `lean_ffn.norm_relu_ffn` (same forward; backward
+    keeps only norm1's input and recomputes norm1's output and the FFN's hidden ReLU output).
+    """
 
     def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.0, n_levels: int = 3,
                  n_heads: int = 8, n_points: int = 4) -> None:
@@ -35,8 +40,12 @@ class MSDeformAttnEncoderLayer(nn.Module):
     def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
                 spatial_shapes: list[tuple[int, int]], offset_normalizer: torch.Tensor) -> torch.Tensor:
         src2 = self.self_attn(src + pos, reference_points, src, spatial_shapes, offset_normalizer)
-        src = self.norm1(src + self.dropout1(src2))
-        src2 = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        src = src + self.dropout1(src2)
+        if use_lean_ffn(self, self.dropout2.p, src):  # same forward, keeps only norm1's input for backward
+            src, src2 = norm_relu_ffn(src, self.norm1, self.linear1, self.linear2)
+        else:
+            src = self.norm1(src)
+            src2 = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(src2))
 
 

@@ -174,7 +174,7 @@ class SwinTransformerBlock(nn.Module):
         if pad_b or pad_r:
             x = x[:, :h, :w, :]
         x = shortcut + self.drop_path(x.reshape(b, L, c))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(self.mlp(x, norm=self.norm2))  # = mlp(norm2(x))
 
 
 class PatchEmbed(nn.Module):
