@@ -318,6 +318,8 @@ class Trainer:
                         scaler.scale(total / accum if accum > 1 else total).backward()
                     for k, v in losses.items():
                         step_losses[k] = step_losses.get(k, 0.0) + v.detach().sum() / accum
+                    # the outputs (every decoder layer's masks) must not stay alive into the next forward
+                    del outputs, losses, total, targets
                 # one transfer per iteration: every loss term (and the finiteness check) from a single vector
                 names = list(step_losses)
                 values = torch.stack([step_losses[k].float().reshape(()) for k in names]).double().cpu().tolist()
