@@ -13,7 +13,7 @@ from . import CommandError
 log = logging.getLogger("semask.demo")
 
 EXAMPLE = """examples:
-  semask demo                                  # about 9 minutes of training on a 2-core CPU
+  semask demo                                  # about 8 minutes of training on a 2-core CPU
   semask demo --output runs/demo2 --minutes 3 --seed 1
 
 writes OUTPUT/demo.png (validation image | ground truth | prediction, with a legend),

@@ -129,7 +129,7 @@ class WindowAttention(nn.Module):
         """x: (B * nW, N, C); mask: (nW, N, N) additive or None."""
         bw, n, c = x.shape
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)  # one stacked gradient in backward, not three zero-filled ones
         out = F.scaled_dot_product_attention(
             q * self.scale, k, v, attn_mask=self.attention_bias(mask, bw, q.dtype),
             dropout_p=self.attn_drop if self.training else 0.0, scale=1.0,
