@@ -255,3 +255,29 @@ def test_model_keeps_less_for_backward(monkeypatch):
     loss_plain, plain = saved_bytes(run, model)
     assert torch.equal(loss_lean, loss_plain)
     assert plain - lean > 0.05 * plain
+
+
+def test_lean_ffn_switch_from_the_config_and_set_lean_ffn():
+    from conftest import tiny_config
+    from semask import build_model
+    from semask.config import load_config
+
+    cfg = tiny_config()
+    on = build_model(cfg).train()
+    off = build_model(cfg.replace({"model.lean_ffn": False})).train()
+    off.load_state_dict(on.state_dict())
+    blocks = [m for m in off.modules() if hasattr(m, "lean_ffn")]
+    assert blocks and not any(m.lean_ffn for m in blocks)
+    assert all(m.lean_ffn for m in on.modules() if hasattr(m, "lean_ffn"))
+    images = torch.rand(1, 3, 64, 64) * 255
+
+    def run(model):
+        return lambda: (lambda out: out["pred_masks"].sum() + out["pred_logits"].sum())(model(images))
+
+    loss_on, bytes_on = saved_bytes(run(on), on)
+    loss_off, bytes_off = saved_bytes(run(off), off)
+    assert torch.equal(loss_on, loss_off)  # the same forward, plain autograd keeps more
+    assert bytes_off > bytes_on
+    assert lean_ffn.set_lean_ffn(off, True) == len(blocks)
+    assert saved_bytes(run(off), off)[1] == bytes_on
+    assert load_config("demo").model.lean_ffn is False  # the small demo model trains faster without

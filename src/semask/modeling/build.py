@@ -4,6 +4,7 @@ the modules themselves take plain arguments."""
 from __future__ import annotations
 
 from ..config import Config, ModelConfig
+from .lean_ffn import set_lean_ffn
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .segmentor import SeMaskMask2Former
 from .semask_swin import SeMaskSwinTransformer
@@ -37,8 +38,10 @@ def build_segmentor(m: ModelConfig) -> SeMaskMask2Former:
         nheads=d.nheads, dim_feedforward=d.dim_feedforward, dec_layers=d.dec_layers, mask_dim=p.mask_dim,
         enforce_input_project=d.enforce_input_proj, pre_norm=d.pre_norm,
     )
-    return SeMaskMask2Former(backbone, pixel_decoder, predictor, m.num_classes, m.pixel_mean, m.pixel_std,
-                             m.size_divisibility)
+    model = SeMaskMask2Former(backbone, pixel_decoder, predictor, m.num_classes, m.pixel_mean, m.pixel_std,
+                              m.size_divisibility)
+    set_lean_ffn(model, m.lean_ffn)
+    return model
 
 
 def build_from_config(cfg: Config) -> SeMaskMask2Former:

@@ -28,6 +28,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
         self.save_hidden = save_hidden
+        self.lean_ffn = True  # `lean_ffn.set_lean_ffn` switches it
 
     def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:
         """mlp(x), or mlp(norm(x)) with a norm (then the lean path recomputes the norm's output too)."""

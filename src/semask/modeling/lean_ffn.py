@@ -15,7 +15,8 @@ the block's input (and, for GELU, optionally fc1's output) and recompute the res
   only a (and the norm's statistics).
 
 They are exact only without dropout between the layers; `use_lean_ffn` says when a module may use them
-(grad enabled, dropout off, no autocast). Gradients equal plain autograd's to float32 rounding.
+(grad enabled, dropout off, no autocast, the module's `lean_ffn` attribute on; `set_lean_ffn` switches it
+for a whole model, the `model.lean_ffn` config key at build time). Gradients equal plain autograd's to float32 rounding.
 """
 
 from __future__ import annotations
@@ -29,9 +30,21 @@ from torch.autograd.function import once_differentiable
 
 
 def use_lean_ffn(module: nn.Module, dropout_p: float, x: torch.Tensor) -> bool:
-    """True when `module` (in training) may run a lean FFN on `x`: grad on, no dropout, no autocast."""
-    return (module.training and torch.is_grad_enabled() and dropout_p == 0.0
-            and not torch.is_autocast_enabled(x.device.type))
+    """True when `module` (in training, its `lean_ffn` attribute on) may run a lean FFN on `x`: grad on,
+    no dropout, no autocast."""
+    return (module.training and getattr(module, "lean_ffn", True) and torch.is_grad_enabled()
+            and dropout_p == 0.0 and not torch.is_autocast_enabled(x.device.type))
+
+
+def set_lean_ffn(model: nn.Module, enable: bool = True) -> int:
+    """Switch the lean path of every feed-forward block in `model` on or off (their `lean_ffn`
+    attribute); returns the number of blocks. Off, training keeps plain autograd's activations: for
+    small models (narrow widths, small images) memory is no concern and the custom backward's extra
+    work costs more than it saves (the `demo` preset trains 9-30 % slower with it, docs/performance.md)."""
+    blocks = [m for m in model.modules() if hasattr(m, "lean_ffn")]
+    for m in blocks:
+        m.lean_ffn = bool(enable)
+    return len(blocks)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
