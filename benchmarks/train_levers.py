@@ -38,17 +38,13 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     from semask import build_model
-    from semask.benchmark import voronoi_label_maps
-    from semask.engine.targets import targets_from_label_maps
+    from semask.benchmark import synthetic_training_batch
     from semask.modeling.criterion import build_criterion
 
     torch.manual_seed(0)
     model = build_model(a.config).train()
     cfg = model.config
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(a.batch, 3, a.size, a.size, generator=gen) * 255
-    labels = voronoi_label_maps(a.batch, a.size, cfg.model.num_classes, generator=gen)
-    targets = targets_from_label_maps(labels, cfg.model.num_classes, cfg.data.ignore_value)
+    images, labels, targets = synthetic_training_batch(cfg, a.batch, a.size)
     criterion = build_criterion(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.solver.base_lr, weight_decay=cfg.solver.weight_decay,
                                   fused=a.optimizer == "fused")

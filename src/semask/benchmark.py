@@ -124,6 +124,18 @@ def voronoi_label_maps(batch: int, size: int, num_classes: int, segments: int = 
     return torch.stack(maps)
 
 
+
+def synthetic_training_batch(cfg, batch: int, size: int, seed: int = 0
+                             ) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """(images (B, 3, S, S) in 0..255, Voronoi label maps (B, S, S), Mask2Former targets) for a training
+    benchmark of `cfg`'s model, the same for the same seed."""
+    from .engine.targets import targets_from_label_maps
+
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=gen) * 255
+    labels = voronoi_label_maps(batch, size, cfg.model.num_classes, generator=gen)
+    return images, labels, targets_from_label_maps(labels, cfg.model.num_classes, cfg.data.ignore_value)
+
 def _compile(model: torch.nn.Module) -> None:
     """torch.compile the three networks in place (state_dict keys unchanged)."""
     for module in (model.backbone, model.sem_seg_head.pixel_decoder, model.sem_seg_head.predictor):
