@@ -139,11 +139,12 @@ class SeMaskMask2Former(nn.Module):
                 full = F.interpolate(masks[None], size=(hp, wp), mode="bilinear", align_corners=False)[0]
                 scores = self.semantic_inference(out["pred_logits"][i], full)[:, :h, :w]
             else:
-                probs = F.softmax(out["pred_logits"][i], dim=-1)[..., :-1]
-                scores = masks.new_empty((probs.shape[-1], hp, wp))
-                flat = scores.view(scores.shape[0], hp * wp)
-                for r0, r1, sig in _sigmoid_mask_bands(masks, hp, wp):
-                    torch.mm(probs.t(), sig.view(sig.shape[0], -1), out=flat[:, r0 * wp:r1 * wp])
+                with torch.autocast(masks.device.type, enabled=False):  # (its CUDA mm would write bf16 to out)
+                    probs, dtype = _class_probs(out["pred_logits"][i], masks)
+                    scores = masks.new_empty((probs.shape[-1], hp, wp), dtype=dtype)
+                    flat = scores.view(scores.shape[0], hp * wp)
+                    for r0, r1, sig in _sigmoid_mask_bands(masks, hp, wp):
+                        torch.mm(probs.t(), sig.view(sig.shape[0], -1).to(dtype), out=flat[:, r0 * wp:r1 * wp])
                 scores = scores[:, :h, :w]
             if (oh, ow) != (h, w):
                 scores = F.interpolate(scores[None], size=(oh, ow), mode="bilinear", align_corners=False)[0]
@@ -164,12 +165,14 @@ class SeMaskMask2Former(nn.Module):
                     {**out, "image_sizes": [sizes[i]], "pred_logits": out["pred_logits"][i:i + 1],
                      "pred_masks": out["pred_masks"][i:i + 1]}, [(oh, ow)])[0].argmax(0))
                 continue
-            probs = F.softmax(out["pred_logits"][i], dim=-1)[..., :-1]
+            masks = out["pred_masks"][i]
             hp, wp = out["padded_size"]
-            labels = torch.empty((h, w), dtype=torch.int64, device=probs.device)
-            for r0, r1, sig in _sigmoid_mask_bands(out["pred_masks"][i], hp, wp, stop=h):
-                scores = torch.mm(sig.view(sig.shape[0], -1).t(), probs)  # (rows * Wp, K)
-                labels[r0:r1] = scores.view(r1 - r0, wp, -1)[:, :w].argmax(-1)
+            labels = torch.empty((h, w), dtype=torch.int64, device=masks.device)
+            with torch.autocast(masks.device.type, enabled=False):  # the same scores as scores_from_outputs
+                probs, dtype = _class_probs(out["pred_logits"][i], masks)
+                for r0, r1, sig in _sigmoid_mask_bands(masks, hp, wp, stop=h):
+                    scores = torch.mm(sig.view(sig.shape[0], -1).t().to(dtype), probs)  # (rows * Wp, K)
+                    labels[r0:r1] = scores.view(r1 - r0, wp, -1)[:, :w].argmax(-1)
             results.append(labels)
         return results
 
@@ -191,6 +194,13 @@ class SeMaskMask2Former(nn.Module):
                        output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
         """Label maps (H, W) for each image: the argmax of `predict`, without holding the full scores."""
         return self.labels_from_outputs(self.forward(images, with_semantic=False, with_aux=False), output_sizes)
+
+
+def _class_probs(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+    """P(class | query) without the no-object column, and the dtype the scores are computed in: at least
+    float32, so that bf16 / fp16 model outputs give float32 scores."""
+    dtype = torch.promote_types(masks.dtype, torch.float32)
+    return F.softmax(logits.to(dtype), dim=-1)[..., :-1], dtype
 
 
 def _sigmoid_mask_bands(masks: torch.Tensor, height: int, width: int, stop: int | None = None,
