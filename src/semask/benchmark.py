@@ -137,9 +137,10 @@ def synthetic_training_batch(cfg, batch: int, size: int, seed: int = 0
     return images, labels, targets_from_label_maps(labels, cfg.model.num_classes, cfg.data.ignore_value)
 
 def _compile(model: torch.nn.Module) -> None:
-    """torch.compile the three networks in place (state_dict keys unchanged)."""
-    for module in (model.backbone, model.sem_seg_head.pixel_decoder, model.sem_seg_head.predictor):
-        module.compile()
+    """torch.compile the model's repeated layers in place (semask.compiled; state_dict keys unchanged)."""
+    from .compiled import compile_model
+
+    compile_model(model)
 
 
 def inference_step(model: torch.nn.Module, images: torch.Tensor, device: torch.device,

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="infer: label maps under inference_mode; train: forward + full loss + backward + "
                         "AdamW step (default infer)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="fp32, or bf16 autocast")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone, pixel decoder and decoder")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the repeated layers (semask.compiled.compile_model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2 infer, 1 train)")
     p.add_argument("--iters", type=int, default=None, help="timed runs (default 5 infer, 3 train)")

@@ -130,7 +130,7 @@ class PositionEncodingCache:
         self.enabled = True  # off while exporting: the encoding is then traced from the (symbolic) shape
 
     def __call__(self, batch: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-        if not self.enabled:
+        if not self.enabled or torch.compiler.is_compiling():  # exported / compiled graphs hold the encoding
             return sine_position_encoding(1, h, w, self.num_pos_feats, device).expand(batch, -1, -1, -1)
         # inference-mode tensors must not leak into autograd graphs, so they are cached apart
         key = (h, w, str(device), torch.is_inference_mode_enabled())

@@ -229,7 +229,8 @@ class MSDeformAttn(nn.Module):
     def uses_gather(self, device: torch.device) -> bool:
         """Whether forward takes the gather sampler on `device`."""
         if self.sampler == "auto":
-            tracing = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            tracing = (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+                       or torch.compiler.is_compiling())  # compiled graphs take grid_sample, as on GPUs
             return device.type == "cpu" and not tracing
         return self.sampler == "gather"
 

@@ -135,7 +135,8 @@ class SeMaskStage(nn.Module):
     def shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """The shifted-window mask for a (h, w) map, cached by padded size and device."""
         ws = self.window_size
-        if not self.cache_shift_mask:  # traced sizes: no negative floor division (ONNX Div truncates)
+        if not self.cache_shift_mask or torch.compiler.is_compiling():
+            # traced sizes: no negative floor division (ONNX Div truncates); compiled graphs hold the mask
             return shifted_window_mask(h + (ws - h % ws) % ws, w + (ws - w % ws) % ws, ws, self.shift_size, device)
         hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
         key = (hp, wp, str(device), torch.is_inference_mode_enabled())
