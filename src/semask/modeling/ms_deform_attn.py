@@ -59,6 +59,7 @@ class _Geometry:
                  dtype: torch.dtype, device: torch.device) -> None:
         L = len(hs)
         self.m = m
+        self.n, self.size, self.starts, self.hs, self.ws = n, size, starts, hs, ws
         self.index = torch.int32 if n * size * m < 2 ** 31 else torch.int64
 
         def per_lp(vals: list, dt: torch.dtype) -> torch.Tensor:
@@ -120,10 +121,7 @@ class _BilinearGather(torch.autograd.Function):
         g = grad_out.reshape(bags, -1).to(table.dtype)
         grad_table = grad_x = grad_y = grad_a = None
         if ctx.needs_input_grad[0]:
-            order = torch.sort(flat, stable=True)[1]
-            counts = torch.bincount(flat, minlength=table.shape[0])
-            grad_table = F.embedding_bag(torch.div(order, k, rounding_mode="floor"), g, counts.cumsum(0) - counts,
-                                         per_sample_weights=w.reshape(-1)[order].to(table.dtype), mode="sum")
+            grad_table = _scatter_taps(rows, w, g, geo, table.shape[0])
         if any(ctx.needs_input_grad[1:4]):
             gt = _tap_dot_products(table, flat, g, bags, k).view(shape).to(x.dtype)  # dL/d(tap weight)
             g00, g01, g10, g11 = gt[:, :, :, 0, 0], gt[:, :, :, 0, 1], gt[:, :, :, 1, 0], gt[:, :, :, 1, 1]
@@ -136,6 +134,37 @@ class _BilinearGather(torch.autograd.Function):
                 gy0, gy1 = fx.mul(g01 - g00).add_(g00), fx.mul(g11 - g10).add_(g10)
                 grad_y = (gy1 - gy0).mul_(a).mul_((y >= -1) & (y <= geo.h_lp))
         return grad_table, grad_x, grad_y, grad_a, None
+
+
+def _scatter_taps(rows: torch.Tensor, w: torch.Tensor, g: torch.Tensor, geo: _Geometry, num_rows: int
+                  ) -> torch.Tensor:
+    """Table gradient: table_grad[r] = sum of w[tap] * g[bag of tap] over the taps reading row r.
+
+    The four taps of a sample read rows base, base + 1 pixel, base + 1 pixel row, base + both of its
+    (y0, x0) tap, with shifts that are constant within a level. So only the base rows are sorted (a
+    quarter of the keys): one embedding_bag per tap gathers the weighted gradients by base row, and each
+    result is added to the table gradient shifted by its tap's offset, level by level. A shifted sum
+    that leaves its level (bottom border row + 1) comes only from taps of weight zero."""
+    per_bag = rows[0, 0, 0, 0, 0].numel()  # L x P samples per (n, q, head)
+    base = rows[:, :, :, 0, 0].reshape(-1)
+    order = torch.sort(base, stable=True)[1]
+    counts = torch.bincount(base, minlength=num_rows)
+    offsets = counts.cumsum(0) - counts
+    bag = torch.div(order, per_bag, rounding_mode="floor")
+    n, size, width = geo.n, geo.size, geo.m * g.shape[1]
+    grad = None
+    for ty in (0, 1):
+        for tx in (0, 1):
+            part = F.embedding_bag(bag, g, offsets, mode="sum",
+                                   per_sample_weights=w[:, :, :, ty, tx].reshape(-1)[order].to(g.dtype))
+            if grad is None:  # the (y0, x0) tap: no shift
+                grad = part
+                continue
+            src, dst = part.view(n, size, width), grad.view(n, size, width)
+            for start, h, wl in zip(geo.starts, geo.hs, geo.ws):
+                shift, span = ty * (wl + 2) + tx, (h + 2) * (wl + 2)
+                dst[:, start + shift:start + shift + span] += src[:, start:start + span]
+    return grad
 
 
 def _tap_dot_products(table: torch.Tensor, flat_rows: torch.Tensor, g: torch.Tensor, b: int, k: int) -> torch.Tensor:
