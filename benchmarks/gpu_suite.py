@@ -43,7 +43,8 @@ def run_json(cmd: list[str], timeout: float, log) -> tuple[dict | None, str]:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 1), env=python_env(),
                               cwd=REPO)
     except subprocess.TimeoutExpired as exc:
-        log.write(f"timed out after {timeout:.0f} s\n{(exc.stderr or '')[-3000:] if isinstance(exc.stderr, str) else ''}\n")
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        log.write(f"timed out after {timeout:.0f} s\n{stderr[-3000:]}\n")
         return None, f"timed out after {timeout:.0f} s"
     log.write(proc.stdout[-4000:] + proc.stderr[-4000:] + f"\n(rc {proc.returncode}, "
               f"{time.perf_counter() - start:.1f} s)\n")
