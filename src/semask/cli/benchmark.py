@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     from ..benchmark import run_benchmark
 
+    if args.mode == "train":  # as `semask train` runs (engine/malloc.py)
+        from ..engine.malloc import keep_large_blocks_in_heap
+
+        keep_large_blocks_in_heap()
+
     r = run_benchmark(config=args.config, size=args.size, batch=args.batch, threads=args.threads, mode=args.mode,
                       dtype=args.dtype, compile=args.compile, warmup=args.warmup, iters=args.iters,
                       device=args.device, weights=args.weights, overrides=args.overrides, flops=not args.no_flops)

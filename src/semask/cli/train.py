@@ -43,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..engine import distributed as du
     from ..engine.checkpoint import CheckpointError
+    from ..engine.malloc import keep_large_blocks_in_heap
     from ..engine.trainer import Trainer, TrainingError
 
     check_overrides(args.overrides)
+    keep_large_blocks_in_heap()  # large CPU tensors reused from the heap, not page-faulted in every step
     if args.max_iter is not None and args.max_iter < 1:
         raise CommandError(f"--max-iter must be >= 1, got {args.max_iter}")
     cfg = load_config(args.config, args.overrides)
