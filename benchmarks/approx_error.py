@@ -48,12 +48,12 @@ def measure(root: Path, device: torch.device, name: str, compiled: bool, dtype: 
             allow_tf32: bool) -> dict:
     """Scores of one golden in one setting against its float32 reference."""
     from semask import load_model
+    from semask.compiled import compile_model
 
     expected = torch.load(root / "expected.pt", weights_only=True)
     model = load_model(root / "config.yaml", root / "model_final.pth", device)
     if compiled:
-        for module in (model.backbone, model.sem_seg_head.pixel_decoder, model.sem_seg_head.predictor):
-            module.compile()
+        compile_model(model)
     image = expected["image"].to(device)
     cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     start = time.perf_counter()

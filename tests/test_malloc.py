@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -24,8 +25,6 @@ print(applied, libc.mallinfo2().hblkhd >= 64 << 20)
 
 
 def _run(env_value: str | None) -> list[str]:
-    import os
-
     env = dict(os.environ)
     env.pop("SEMASK_MALLOC", None)
     if env_value is not None:

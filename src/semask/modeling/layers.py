@@ -12,6 +12,13 @@ from torch import nn
 from .lean_ffn import gelu_mlp, use_lean_ffn
 
 
+def in_graph_capture() -> bool:
+    """True while the forward is being traced into a graph (TorchScript, ONNX export, torch.compile): then
+    shape-keyed caches and data-dependent fast paths must step aside and let the graph hold the values."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
+
+
 class Mlp(nn.Module):
     """Linear -> GELU -> Dropout -> Linear -> Dropout (the transformer-block MLP of Swin).
 
@@ -130,7 +137,7 @@ class PositionEncodingCache:
         self.enabled = True  # off while exporting: the encoding is then traced from the (symbolic) shape
 
     def __call__(self, batch: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-        if not self.enabled or torch.compiler.is_compiling():  # exported / compiled graphs hold the encoding
+        if not self.enabled or in_graph_capture():  # exported / compiled graphs hold the encoding
             return sine_position_encoding(1, h, w, self.num_pos_feats, device).expand(batch, -1, -1, -1)
         # inference-mode tensors must not leak into autograd graphs, so they are cached apart
         key = (h, w, str(device), torch.is_inference_mode_enabled())

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import in_graph_capture
+
 SAMPLERS = ("auto", "gather", "grid_sample")
 
 
@@ -258,9 +260,7 @@ class MSDeformAttn(nn.Module):
     def uses_gather(self, device: torch.device) -> bool:
         """Whether forward takes the gather sampler on `device`."""
         if self.sampler == "auto":
-            tracing = (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-                       or torch.compiler.is_compiling())  # compiled graphs take grid_sample, as on GPUs
-            return device.type == "cpu" and not tracing
+            return device.type == "cpu" and not in_graph_capture()  # graphs take grid_sample, as on GPUs
         return self.sampler == "gather"
 
     def forward(self, query: torch.Tensor, reference_points: torch.Tensor, input_flatten: torch.Tensor,

@@ -14,6 +14,7 @@ import torch
 import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
+from .layers import in_graph_capture
 from .swin import (PatchEmbed, PatchMerging, SwinTransformerBlock, pad_to_multiple, shifted_window_mask,
                    window_partition, window_reverse)
 
@@ -135,7 +136,7 @@ class SeMaskStage(nn.Module):
     def shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """The shifted-window mask for a (h, w) map, cached by padded size and device."""
         ws = self.window_size
-        if not self.cache_shift_mask or torch.compiler.is_compiling():
+        if not self.cache_shift_mask or in_graph_capture():
             # traced sizes: no negative floor division (ONNX Div truncates); compiled graphs hold the mask
             return shifted_window_mask(h + (ws - h % ws) % ws, w + (ws - w % ws) % ws, ws, self.shift_size, device)
         hp, wp = -(-h // ws) * ws, -(-w // ws) * ws

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, Mlp
+from .layers import DropPath, Mlp, in_graph_capture
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -102,7 +102,7 @@ class WindowAttention(nn.Module):
         version counters."""
         table = self.relative_position_bias_table
         cacheable = (self.cache_bias and not (torch.is_grad_enabled() and table.requires_grad)
-                     and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+                     and not in_graph_capture())
         key = None
         if cacheable:
             key = (table._version, table.data_ptr(), str(table.device), dtype, num_windows,
