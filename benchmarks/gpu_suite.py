@@ -7,6 +7,7 @@ float32 goldens (benchmarks/approx_error.py). Results stream to OUT/results.json
 table goes to OUT/summary.md, so a run cut short still leaves what it measured.
 
     python benchmarks/gpu_suite.py --out DIR [--reference ../shared/reference] [--deadline-s 520]
+                                   [--runs infer:1:bf16,infer:1:bf16+compile,...] [--approx-compile]
 """
 
 from __future__ import annotations
@@ -28,6 +29,23 @@ RUNS = [  # (mode, batch, dtype, compile): eager runs first, the slow-to-start c
 ]
 
 
+def parse_runs(text: str) -> list[tuple[str, int, str, bool]]:
+    """`mode:batch:dtype[+compile],...` -> RUNS-style tuples, in the order given."""
+    runs = []
+    for item in filter(None, text.split(",")):
+        try:
+            mode, batch, dtype = item.strip().split(":")
+            compiled = dtype.endswith("+compile")
+            dtype = dtype.removesuffix("+compile")
+            if mode not in ("infer", "train") or dtype not in ("fp32", "bf16"):
+                raise ValueError
+            runs.append((mode, int(batch), dtype, compiled))
+        except ValueError:
+            raise SystemExit(f"error: --runs item {item!r} is not mode:batch:dtype[+compile] "
+                             "(mode infer|train, dtype fp32|bf16), e.g. train:4:bf16+compile") from None
+    return runs
+
+
 def python_env() -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
@@ -43,8 +61,8 @@ def run_json(cmd: list[str], timeout: float, log) -> tuple[dict | None, str]:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 1), env=python_env(),
                               cwd=REPO)
     except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-        log.write(f"timed out after {timeout:.0f} s\n{stderr[-3000:]}\n")
+        text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else b or ""  # noqa: E731
+        log.write(f"timed out after {timeout:.0f} s\n{text(exc.stdout)[-4000:]}{text(exc.stderr)[-3000:]}\n")
         return None, f"timed out after {timeout:.0f} s"
     log.write(proc.stdout[-4000:] + proc.stderr[-4000:] + f"\n(rc {proc.returncode}, "
               f"{time.perf_counter() - start:.1f} s)\n")
@@ -102,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-s", type=float, default=520, help="stop starting runs after this many seconds")
     p.add_argument("--compile-timeout-s", type=float, default=240)
     p.add_argument("--no-compile", action="store_true", help="eager runs only")
+    p.add_argument("--runs", help="only these runs, in this order: mode:batch:dtype[+compile],... "
+                                  "(default: the full set, eager first)")
+    p.add_argument("--approx-compile", action="store_true",
+                   help="with --reference: also measure the compiled settings' error (compiles the goldens)")
     args = p.parse_args(argv)
+    runs = parse_runs(args.runs) if args.runs else RUNS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -111,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / "log.txt", "a") as log, open(out / "results.jsonl", "a") as jsonl:
         rates = matmul_rates(args.device, 60, log)
         jsonl.write(json.dumps({"matmul_flops_per_s": rates}) + "\n")
-        if args.reference:
-            run_json([sys.executable, "benchmarks/approx_error.py", "--device", args.device, "--no-compile",
-                      "--reference", args.reference, "--json", str(out / "approx_error.json")], 120, log)
-        for mode, batch, dtype, compiled in RUNS:
+        for mode, batch, dtype, compiled in runs:
             if compiled and args.no_compile:
                 continue
             if left() < 20:
@@ -137,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             (out / "summary.md").write_text(summary(rows, rates))
             print(f"{mode} b{batch} {dtype} compile={compiled}: {status} "
                   f"{row.get('latency_s', {}).get('median', '')} ({row['wall_s']} s)", flush=True)
+        if args.reference and left() > 20:  # last: with compile it takes minutes; rows stream to the log
+            run_json([sys.executable, "benchmarks/approx_error.py", "--device", args.device,
+                      *([] if args.approx_compile else ["--no-compile"]), "--reference", args.reference,
+                      "--json", str(out / "approx_error.json")], left(), log)
+            print(f"approx_error done at {time.perf_counter() - start:.0f} s", flush=True)
     (out / "summary.md").write_text(summary(rows, rates))
     print((out / "summary.md").read_text())
     return 0
