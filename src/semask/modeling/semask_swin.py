@@ -116,7 +116,7 @@ class SeMaskStage(nn.Module):
                  sem_window_size: int, num_sem_blocks: int, semantic_mode: str, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, qk_scale: float | None = None, drop: float = 0.0,
                  attn_drop: float = 0.0, drop_path: Sequence[float] = (), downsample: bool = True,
-                 use_checkpoint: bool = False) -> None:
+                 use_checkpoint: bool = False, recompute: bool = False) -> None:
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2
@@ -124,7 +124,7 @@ class SeMaskStage(nn.Module):
         dp = list(drop_path) or [0.0] * depth
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                                 mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, dp[i])
+                                 mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, dp[i], recompute)
             for i in range(depth)
         )
         self.semantic_layer = (SemanticLayer(dim, num_classes, num_sem_blocks, sem_window_size, semantic_mode)
@@ -174,7 +174,12 @@ class SeMaskSwinTransformer(nn.Module):
                  num_sem_blocks: int = 1, semantic_attention: Sequence[str] | None = None,
                  patch_size: int = 4, in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_scale: float | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.3, patch_norm: bool = True, use_checkpoint: bool = False) -> None:
+                 drop_path_rate: float = 0.3, patch_norm: bool = True, use_checkpoint: bool = False,
+                 recompute_max_dim: int = 384) -> None:
+        """`recompute_max_dim`: in stages of at most this many channels the blocks' lean training path
+        recomputes the attention projection and the MLP hidden in backward instead of keeping them (the
+        recomputation costs FLOPs in proportion to the channels per byte saved, so narrow stages pay least;
+        SeMask-T at 512: stages 1-3)."""
         super().__init__()
         n = len(depths)
         if len(num_heads) != n:
@@ -197,6 +202,7 @@ class SeMaskSwinTransformer(nn.Module):
                 semantic_mode=modes[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
                 drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 downsample=i < n - 1, use_checkpoint=use_checkpoint,
+                recompute=self.num_features[i] <= recompute_max_dim,
             ))
         for i in range(n):
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))

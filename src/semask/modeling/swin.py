@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import DropPath, Mlp, in_graph_capture
+from .lean_attention import use_lean_attention, window_attention
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -67,7 +68,8 @@ class WindowAttention(nn.Module):
     """Multi-head self-attention inside square windows with a learned relative position bias."""
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
-                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 save_qkv: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
@@ -83,6 +85,8 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.cache_bias = True  # inference caches the gathered bias (+ shift mask); off while exporting
+        self.lean_ffn = True  # training keeps only x and qkv(x) for backward (lean_attention); set_lean_ffn
+        self.save_qkv = save_qkv  # False: not even qkv(x), backward recomputes it
         self._bias_key: tuple | None = None
         self._bias: torch.Tensor | None = None
 
@@ -128,6 +132,10 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) additive or None."""
         bw, n, c = x.shape
+        if use_lean_attention(self, self.attn_drop, x):  # training: keep only qkv for backward
+            out = window_attention(x, self.qkv, self.relative_position_bias(), mask, self.num_heads, self.scale,
+                                   self.save_qkv)
+            return self.proj_drop(self.proj(out))
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # one stacked gradient in backward, not three zero-filled ones
         out = F.scaled_dot_product_attention(
@@ -143,17 +151,21 @@ class SwinTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: float | None = None,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, recompute: bool = False
+                 ) -> None:
         super().__init__()
         if not 0 <= shift_size < window_size:
             raise ValueError("shift_size must be in [0, window_size)")
         self.window_size = window_size
         self.shift_size = shift_size
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        # recompute: the lean training path keeps only the inputs of the attention projection and the MLP
+        # and recomputes qkv(x) and fc1(x) in backward (cheapest per byte saved where channels are few)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
+                                    save_qkv=not recompute)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, save_hidden=not recompute)
 
     def forward(self, x: torch.Tensor, h: int, w: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """x: (B, H*W, C) -> (B, H*W, C). `shift_mask` is used only by shifted blocks."""
