@@ -1,17 +1,18 @@
-"""Window attention that keeps only its packed q/k/v for backward.
+"""Window attention that keeps only its input (and optionally its q/k/v projection) for backward.
 
 Swin's window attention softmax(q k^T * scale + bias [+ shift mask]) v has a learned bias, so autograd
 takes PyTorch's generic attention path in training: it keeps contiguous copies of q, k and v and the
 attention probabilities (B*nW, heads, N, N), the largest of them (in SeMask-T's first stage at 512x512,
 batch 2: 20 MB per block for the probabilities, 39 MB for the copies). `window_attention` computes the
-same forward with the fused kernel and keeps only the qkv projection's output (which is one tensor
-already) and the small bias; backward recomputes the probabilities (one batched matmul and a softmax per
-block) and writes the q/k/v gradients straight into one packed gradient.
+projection qkv(x) and the attention with the fused kernel and keeps x and the small bias, plus qkv(x)
+when `save_qkv` (else backward recomputes it, one matmul); backward recomputes the probabilities (one
+batched matmul and a softmax per block) and writes the q/k/v gradients into one packed gradient.
 
 `use_lean_attention` says when a module may use it: training, grad enabled, no attention dropout, no
 autocast, not inside torch.compile (whose partitioner makes its own choices), the module's `lean_ffn`
 switch on (one switch for every lean backward of a model, `lean_ffn.set_lean_ffn`). Gradients equal
-plain autograd's to float32 rounding (tests/test_lean_attention.py).
+plain autograd's to float32 rounding (tests/test_lean_attention.py). Double backward
+(`create_graph=True`) through it is not supported, as for the lean feed-forward blocks.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) additive or None."""
         bw, n, c = x.shape
-        if use_lean_attention(self, self.attn_drop, x):  # training: keep only qkv for backward
+        if use_lean_attention(self, self.attn_drop, x):  # training: keep x (and qkv(x)) for backward
             out = window_attention(x, self.qkv, self.relative_position_bias(), mask, self.num_heads, self.scale,
                                    self.save_qkv)
             return self.proj_drop(self.proj(out))
