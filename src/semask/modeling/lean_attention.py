@@ -38,11 +38,15 @@ def _split(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tenso
     return qkv.view(bw, n, 3, num_heads, c3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def _full_bias(bias: torch.Tensor, mask: torch.Tensor | None, bw: int) -> torch.Tensor:
-    """Additive attention bias for every window: (1, heads, N, N), or (BW, heads, N, N) with a mask."""
+def full_attention_bias(bias: torch.Tensor, mask: torch.Tensor | None, num_windows: int) -> torch.Tensor:
+    """The additive bias of 4-D fused attention from the relative position bias (heads, N, N) and an
+    optional shift mask (nW, N, N): (1, heads, N, N), or with the mask (num_windows, heads, N, N), the mask
+    repeated for every image of the batch."""
     full = bias.unsqueeze(0)
     if mask is not None:
-        full = (full + mask.unsqueeze(1).to(full.dtype)).repeat(bw // mask.shape[0], 1, 1, 1)
+        full = full + mask.unsqueeze(1).to(full.dtype)
+        if num_windows != mask.shape[0]:
+            full = full.repeat(num_windows // mask.shape[0], 1, 1, 1)
     return full
 
 
@@ -58,7 +62,8 @@ class _WindowAttention(torch.autograd.Function):
         bw, n, c = x.shape
         qkv = F.linear(x, weight, qkv_bias)
         q, k, v = _split(qkv, num_heads)
-        out = F.scaled_dot_product_attention(q * scale, k, v, attn_mask=_full_bias(bias, mask, bw), scale=1.0)
+        out = F.scaled_dot_product_attention(q * scale, k, v, attn_mask=full_attention_bias(bias, mask, bw),
+                                             scale=1.0)
         ctx.num_heads, ctx.scale = num_heads, scale
         ctx.save_for_backward(x, weight, qkv_bias, bias, mask, qkv if save_qkv else None)
         return out.transpose(1, 2).reshape(bw, n, c)

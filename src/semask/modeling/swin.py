@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import DropPath, Mlp, in_graph_capture
-from .lean_attention import use_lean_attention, window_attention
+from .lean_attention import full_attention_bias, use_lean_attention, window_attention
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -114,13 +114,7 @@ class WindowAttention(nn.Module):
                    None if mask is None else (mask.data_ptr(), tuple(mask.shape)))
             if self._bias_key == key:
                 return self._bias
-        bias = self.relative_position_bias().unsqueeze(0)  # 1, nH, N, N
-        if mask is not None:
-            nw = mask.shape[0]
-            bias = bias + mask.unsqueeze(1).to(bias.dtype)  # nW, nH, N, N
-            if num_windows != nw:
-                bias = bias.repeat(num_windows // nw, 1, 1, 1)
-        bias = bias.to(dtype)
+        bias = full_attention_bias(self.relative_position_bias(), mask, num_windows).to(dtype)
         if key is not None:
             self._bias_key, self._bias = key, bias
         return bias
