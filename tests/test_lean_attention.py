@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semask.modeling import lean_attention
+from semask.modeling.lean_ffn import use_lean_ffn
 from semask.modeling.semask_swin import SeMaskSwinTransformer
 from semask.modeling.swin import WindowAttention, shifted_window_mask
 
@@ -81,17 +81,17 @@ def test_lean_attention_keeps_only_x_and_small_tensors() -> None:
 
 def test_lean_attention_only_where_exact() -> None:
     attn, x = attention_and_input()
-    assert lean_attention.use_lean_attention(attn, 0.0, x)
-    assert not lean_attention.use_lean_attention(attn, 0.1, x)  # attention dropout
+    assert use_lean_ffn(attn, 0.0, x)
+    assert not use_lean_ffn(attn, 0.1, x)  # attention dropout
     attn.eval()
-    assert not lean_attention.use_lean_attention(attn, 0.0, x)
+    assert not use_lean_ffn(attn, 0.0, x)
     attn.train()
     with torch.no_grad():
-        assert not lean_attention.use_lean_attention(attn, 0.0, x)
+        assert not use_lean_ffn(attn, 0.0, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not lean_attention.use_lean_attention(attn, 0.0, x)
+        assert not use_lean_ffn(attn, 0.0, x)
     attn.lean_ffn = False
-    assert not lean_attention.use_lean_attention(attn, 0.0, x)
+    assert not use_lean_ffn(attn, 0.0, x)
 
 
 def test_lean_attention_gradient_of_first_input_only() -> None:

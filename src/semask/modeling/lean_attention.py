@@ -8,9 +8,10 @@ projection qkv(x) and the attention with the fused kernel and keeps x and the sm
 when `save_qkv` (else backward recomputes it, one matmul); backward recomputes the probabilities (one
 batched matmul and a softmax per block) and writes the q/k/v gradients into one packed gradient.
 
-`use_lean_attention` says when a module may use it: training, grad enabled, no attention dropout, no
-autocast, not inside torch.compile (whose partitioner makes its own choices), the module's `lean_ffn`
-switch on (one switch for every lean backward of a model, `lean_ffn.set_lean_ffn`). Gradients equal
+`lean_ffn.use_lean_ffn` says when a module may use it, as for the lean feed-forward blocks: training,
+grad enabled, no attention dropout, no autocast, not inside torch.compile (whose partitioner makes its
+own choices), the module's `lean_ffn` switch on (one switch for every lean backward of a model,
+`lean_ffn.set_lean_ffn`). Gradients equal
 plain autograd's to float32 rounding (tests/test_lean_attention.py). Double backward
 (`create_graph=True`) through it is not supported, as for the lean feed-forward blocks.
 """
@@ -23,13 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
-
-
-def use_lean_attention(module: nn.Module, dropout_p: float, x: torch.Tensor) -> bool:
-    """True when `module` may run `window_attention` on `x` (see the module docstring)."""
-    return (module.training and getattr(module, "lean_ffn", True) and torch.is_grad_enabled()
-            and dropout_p == 0.0 and not torch.is_autocast_enabled(x.device.type)
-            and not torch.compiler.is_compiling())
 
 
 def _split(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

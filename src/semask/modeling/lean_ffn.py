@@ -30,8 +30,9 @@ from torch.autograd.function import once_differentiable
 
 
 def use_lean_ffn(module: nn.Module, dropout_p: float, x: torch.Tensor) -> bool:
-    """True when `module` (in training, its `lean_ffn` attribute on) may run a lean FFN on `x`: grad on,
-    no dropout, no autocast, not inside torch.compile (whose partitioner chooses what to recompute)."""
+    """True when `module` (in training, its `lean_ffn` attribute on) may run a lean FFN (or the lean window
+    attention, `lean_attention`) on `x`: grad on, no dropout, no autocast, not inside torch.compile (whose
+    partitioner chooses what to recompute)."""
     return (module.training and getattr(module, "lean_ffn", True) and torch.is_grad_enabled()
             and dropout_p == 0.0 and not torch.is_autocast_enabled(x.device.type)
             and not torch.compiler.is_compiling())

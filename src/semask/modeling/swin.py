@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import DropPath, Mlp, in_graph_capture
-from .lean_attention import full_attention_bias, use_lean_attention, window_attention
+from .lean_attention import full_attention_bias, window_attention
+from .lean_ffn import use_lean_ffn
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -126,7 +127,7 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) additive or None."""
         bw, n, c = x.shape
-        if use_lean_attention(self, self.attn_drop, x):  # training: keep x (and qkv(x)) for backward
+        if use_lean_ffn(self, self.attn_drop, x):  # training: keep x (and qkv(x)) for backward
             out = window_attention(x, self.qkv, self.relative_position_bias(), mask, self.num_heads, self.scale,
                                    self.save_qkv)
             return self.proj_drop(self.proj(out))
