@@ -4,6 +4,7 @@ writes every output and each one is valid; the time budget planning; one-line er
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -15,9 +16,10 @@ from PIL import Image
 import semask.demo as demo
 import semask.engine.trainer as trainer_module
 from semask.cli import main
+from semask.config import load_config
 from semask.engine.checkpoint import CheckpointManager, load_checkpoint
 
-SMALL = {"NUM_TRAIN": 12, "NUM_VAL": 4, "CALIBRATION_ITERS": 2, "EVALS_DURING_TRAINING": 2}
+SMALL = {"NUM_TRAIN": 12, "NUM_VAL": 4, "CALIBRATION_ITERS": 2, "EVALS_DURING_TRAINING": 2, "REPLAN_AT": ()}
 PLANNED_ITERS = 4
 
 
@@ -118,6 +120,28 @@ def test_plan_fills_the_budget():
     assert planned.solver.max_iter == 720
     assert planned.test.eval_period == 720 // demo.EVALS_DURING_TRAINING
     assert demo.plan(cfg, seconds_per_iter=100.0, minutes=0.1).solver.max_iter == 1
+
+
+def test_a_new_run_is_planned_again_from_the_speed_it_trains_at(tmp_path, monkeypatch, caplog):
+    """A calibration that was off (1 s per iteration claimed: 3 iterations planned) is corrected at the pause:
+    the run is planned again from the wall time of what it did, resumes from its checkpoint and finishes
+    that plan, which is what its config.yaml and metrics.json say."""
+    for name, value in SMALL.items():
+        monkeypatch.setattr(demo, name, value)
+    monkeypatch.setattr(demo, "REPLAN_AT", (0.0,))  # pause after the first iteration
+    monkeypatch.setattr(demo, "measure_iteration_seconds", lambda cfg, root, work: 1.0)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="semask.demo"):
+        result = demo.run_demo(out, minutes=3 / 60, seed=0, overrides={"solver.ims_per_batch": 2})
+    planned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("planned again")]
+    assert len(planned) == 1 and planned[0].startswith("planned again at iteration 1:")
+    assert f"{result.max_iter} iterations in all" in planned[0]
+    assert result.status == "finished" and result.iteration == result.max_iter >= 2
+    assert load_config(str(out / "config.yaml")).solver.max_iter == result.max_iter
+    info = json.loads((out / "metrics.json").read_text())["demo"]
+    assert info["max_iter"] == info["iteration"] == result.max_iter
+    resumed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in resumed if "eval" in r][-1] == result.max_iter
 
 
 def test_measuring_the_speed_trains_for_real_and_cleans_up(tmp_path, monkeypatch):

@@ -13,8 +13,12 @@ scratch by :class:`semask.engine.trainer.Trainer` (same losses, data pipeline an
 
 The time budget: a few real training iterations in a scratch folder measure the speed of this
 machine; the number of iterations (and so the poly learning-rate schedule) is chosen to fill
-`minutes`. Should the machine become slower, training stops at the deadline (budget x
-DEADLINE_FACTOR) with a checkpoint, like Ctrl-C, and the model of that moment is evaluated.
+`minutes`. The speed of a shared machine drifts (measured here: 0.33 to 0.50 s per iteration within one
+minute), so at REPLAN_AT fractions of the budget training pauses with a checkpoint, the plan is made
+again from the iterations done so far and training resumes with it (the schedule stretches or shrinks;
+the learning rate moves a little at that iteration). Should the machine become slower still, training
+stops at the deadline (budget x DEADLINE_FACTOR) with a checkpoint, like Ctrl-C, and the model of that
+moment is evaluated.
 Running again with the same output folder resumes from the last checkpoint to the planned end.
 
 Files in OUTPUT: metrics.json (held-out metrics, percent, and the run's facts), demo.png (validation
@@ -46,6 +50,7 @@ CALIBRATION_ITERS = 6       # timed training iterations (the first one, warm-up,
 DEADLINE_FACTOR = 1.25      # training stops at minutes x this + DEADLINE_SLACK_S even if the planned
 DEADLINE_SLACK_S = 30.0     # iterations are not done (the machine became slower)
 EVALS_DURING_TRAINING = 5   # points on the mIoU curve
+REPLAN_AT = (0.15, 0.5)     # fractions of the training budget at which the plan is made again
 GRID_ROWS = 6
 GRID_SCALE = 2
 
@@ -130,9 +135,10 @@ def measure_iteration_seconds(cfg, data_root: Path, work_dir: Path) -> float:
     return float(statistics.median(steady))
 
 
-def plan(cfg, seconds_per_iter: float, minutes: float):
-    """The config of a run that fills `minutes` of training: max_iter, evaluation and checkpoint periods."""
-    max_iter = max(int(minutes * 60.0 / seconds_per_iter), 1)
+def plan(cfg, seconds_per_iter: float, minutes: float, done: int = 0):
+    """The config of a run that fills `minutes` of training (after `done` iterations already trained):
+    max_iter, evaluation and checkpoint periods."""
+    max_iter = done + max(int(minutes * 60.0 / seconds_per_iter), 1)
     eval_period = max(math.ceil(max_iter / EVALS_DURING_TRAINING), 1)  # the last one is the final evaluation
     return cfg.replace({"solver.max_iter": max_iter, "test.eval_period": eval_period,
                         "solver.checkpoint_period": eval_period})
@@ -260,9 +266,27 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, minutes: float = DEFAUL
                  "new run)", output)
         status, iteration = "finished", cfg.solver.max_iter
     else:
-        deadline = t + minutes * 60.0 * DEADLINE_FACTOR + DEADLINE_SLACK_S
-        result = Trainer(cfg, data_root, output, resume=resume, progress=progress,
-                         should_stop=lambda _done: time.perf_counter() > deadline).train()
+        budget = minutes * 60.0
+        deadline = t + budget * DEADLINE_FACTOR + DEADLINE_SLACK_S
+        # a resumed run finishes its plan; a new one is planned again at REPLAN_AT of the budget
+        replans = [] if resume else [t + f * budget for f in REPLAN_AT]
+        first_iter = _latest_iteration(output) if resume else 0
+        while True:
+            pause = replans.pop(0) if replans else math.inf
+            result = Trainer(cfg, data_root, output, resume=resume, progress=progress,
+                             should_stop=lambda _done, pause=pause: time.perf_counter() > min(deadline, pause)
+                             ).train()
+            resume = True
+            now = time.perf_counter()
+            if not (result.status == "interrupted" and result.signal is None and now < deadline
+                    and math.isfinite(pause)):
+                break
+            # paused to plan again: the wall time per iteration so far (evaluations and checkpoints included)
+            # fills what is left of the budget
+            per_iter = (now - t) / max(result.iteration - first_iter, 1)
+            cfg = plan(cfg, per_iter, max(t + budget - now, 0.0) / 60.0, done=result.iteration)
+            log.info("planned again at iteration %d: %.2f s per iteration so far, %d iterations in all fill "
+                     "the %g minutes", result.iteration, per_iter, cfg.solver.max_iter, minutes)
         seconds["train"] = time.perf_counter() - t
         iteration = result.iteration
         if result.status == "interrupted" and result.signal is not None:

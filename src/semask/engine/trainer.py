@@ -384,7 +384,8 @@ class Trainer:
                 if flags[1] > 0:
                     last_ckpt = self._save(manager, model, optimizer, scheduler, scaler, done, skipped, main)
                     status = "interrupted"
-                    progress.write(f"stopped at iteration {done}; checkpoint {last_ckpt}; continue with --resume")
+                    progress.write(f"stopped at iteration {done}; checkpoint {last_ckpt}"
+                                   + ("; continue with --resume" if self._signal is not None else ""))
                     break
                 if done % solver.checkpoint_period == 0 and done < solver.max_iter:
                     last_ckpt = self._save(manager, model, optimizer, scheduler, scaler, done, skipped, main)
