@@ -139,7 +139,7 @@ def test_a_new_run_is_planned_again_from_the_speed_it_trains_at(tmp_path, monkey
     assert result.status == "finished" and result.iteration == result.max_iter >= 2
     assert load_config(str(out / "config.yaml")).solver.max_iter == result.max_iter
     info = json.loads((out / "metrics.json").read_text())["demo"]
-    assert info["max_iter"] == info["iteration"] == result.max_iter
+    assert info["max_iter"] == info["iteration"] == result.max_iter and info["resumed"] is False
     resumed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in resumed if "eval" in r][-1] == result.max_iter
 

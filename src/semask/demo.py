@@ -270,20 +270,20 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, minutes: float = DEFAUL
         deadline = t + budget * DEADLINE_FACTOR + DEADLINE_SLACK_S
         # a resumed run finishes its plan; a new one is planned again at REPLAN_AT of the budget
         replans = [] if resume else [t + f * budget for f in REPLAN_AT]
-        first_iter = _latest_iteration(output) if resume else 0
+        from_checkpoint = resume
         while True:
             pause = replans.pop(0) if replans else math.inf
-            result = Trainer(cfg, data_root, output, resume=resume, progress=progress,
+            result = Trainer(cfg, data_root, output, resume=from_checkpoint, progress=progress,
                              should_stop=lambda _done, pause=pause: time.perf_counter() > min(deadline, pause)
                              ).train()
-            resume = True
+            from_checkpoint = True
             now = time.perf_counter()
             if not (result.status == "interrupted" and result.signal is None and now < deadline
                     and math.isfinite(pause)):
                 break
             # paused to plan again: the wall time per iteration so far (evaluations and checkpoints included)
             # fills what is left of the budget
-            per_iter = (now - t) / max(result.iteration - first_iter, 1)
+            per_iter = (now - t) / max(result.iteration, 1)
             cfg = plan(cfg, per_iter, max(t + budget - now, 0.0) / 60.0, done=result.iteration)
             log.info("planned again at iteration %d: %.2f s per iteration so far, %d iterations in all fill "
                      "the %g minutes", result.iteration, per_iter, cfg.solver.max_iter, minutes)
