@@ -81,11 +81,8 @@ class _WindowAttention(torch.autograd.Function):
         go = grad_out.view(bw, n, heads, d).transpose(1, 2).contiguous()  # BW, heads, N, d
         # the probabilities again, as in forward
         logits = torch.matmul(q, k.transpose(-2, -1))
-        if mask is None:
-            logits += bias
-        else:
-            nw = mask.shape[0]
-            logits.view(bw // nw, nw, heads, n, n).add_(bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype))
+        nw = 1 if mask is None else mask.shape[0]  # the bias of one image, broadcast over the batch
+        logits.view(bw // nw, nw, heads, n, n).add_(full_attention_bias(bias, mask, nw))
         probs = torch.softmax(logits, -1)
         del logits
         grads = torch.empty_like(qkv)  # gq, gk, gv head-major
